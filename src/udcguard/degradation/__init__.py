@@ -1,0 +1,1 @@
+"""UDC image formation: HDR scene preparation, PSF convolution, tone maps, pair synthesis."""

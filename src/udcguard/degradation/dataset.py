@@ -1,0 +1,120 @@
+"""Config-driven assembly of the synthesis: scene catalogue, scene preparation, pairs.
+
+``build_*`` functions read config objects; the rest take plain arguments. Files are only
+read through :mod:`udcguard.io` (scene loaders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from udcguard.config import DatasetParams, FormationParams, SceneParams
+from udcguard.degradation.scenes import panorama_views, prepare_scene
+from udcguard.degradation.synth import PairPlan, scene_seed, synthesize_pair
+from udcguard.errors import ImageError
+from udcguard.io.images import Image
+from udcguard.io.sources import SceneSource, folder_scenes, packaged_photos, panoramas
+
+SPLITS = ("train", "val", "test")
+
+
+def build_scene_sources(p: SceneParams, base_dir: Path = Path(".")) -> dict[str, SceneSource]:
+    """All scene sources the params enable, by unique name."""
+    sources: list[SceneSource] = []
+    if p.photos:
+        sources += packaged_photos()
+    if p.panoramas != "off":
+        found = panoramas(p.panorama_dir)
+        if not found and p.panoramas == "required":
+            raise ImageError(
+                f"{p.panorama_dir}: no .exr panoramas (scenes.panoramas is 'required'; "
+                "install Debian's blender-data or set it to 'auto')"
+            )
+        sources += found
+    if p.folder is not None:
+        folder = p.folder if p.folder.is_absolute() else base_dir / p.folder
+        sources += folder_scenes(folder)
+    return {s.name: s for s in sources}
+
+
+def scene_views(source: SceneSource, rng: np.random.Generator, p: SceneParams) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    """Prepared linear HDR images of one source: one for a photo, several views of a panorama.
+
+    Light sources are not added here but per pair (inside each crop's region), so every
+    crop can carry flare.
+    """
+    image = source.loader()
+    common = dict(
+        max_side_px=p.max_side_px,
+        exposure_median=p.exposure_median,
+        highlights=dict(threshold=p.highlights.threshold, alpha_min=p.highlights.alpha_min, alpha_max=p.highlights.alpha_max),
+        lights=dict(max_count=0, radius_px=p.lights.radius_px, intensity=p.lights.intensity),
+    )
+    if source.kind != "panorama":
+        hdr, info = prepare_scene(image, rng, **common)
+        return [(hdr, info)]
+    out = []
+    for yaw, pitch, view in panorama_views(image, rng, count=p.views_per_panorama, fov_deg=p.fov_deg, size=p.max_side_px):
+        hdr, info = prepare_scene(Image(pixels=view, linear=True, source=image.source), rng, **common)
+        out.append((hdr, {**info, "yaw_deg": float(yaw), "pitch_deg": float(pitch)}))
+    return out
+
+
+def scene_pairs(
+    source: SceneSource,
+    plans: Sequence[PairPlan],
+    psfs: Sequence[tuple[str, np.ndarray]],
+    *,
+    seed: int,
+    scenes: SceneParams,
+    dataset: DatasetParams,
+    formation: FormationParams,
+) -> Iterator[tuple[PairPlan, np.ndarray, np.ndarray, dict[str, Any]]]:
+    """Yield (plan, gt, lq, record) for the planned pairs of one scene.
+
+    The scene's stream is spawned into one child for preparation and one per pair, so a
+    pair's content does not depend on how many pairs came before it.
+    """
+    entropy = scene_seed(seed, source.name)
+    root = np.random.SeedSequence(entropy)
+    prep_seq, *pair_seqs = root.spawn(1 + max(p.index for p in plans) + 1)
+    views = scene_views(source, np.random.default_rng(prep_seq), scenes)
+    dtype = np.dtype(dataset.dtype)
+    for plan in plans:
+        if plan.scene != source.name:
+            raise ValueError(f"plan {plan.id} is for scene {plan.scene!r}, not {source.name!r}")
+        view_idx = plan.index % len(views)
+        hdr, info = views[view_idx]
+        if min(hdr.shape[:2]) < dataset.crop_px:
+            raise ImageError(
+                f"{source.name}: prepared scene {hdr.shape[0]}x{hdr.shape[1]} is smaller than "
+                f"dataset.crop_px={dataset.crop_px} (raise scenes.max_side_px or lower the crop)"
+            )
+        rng = np.random.default_rng(pair_seqs[plan.index])
+        gt, lq, rec = synthesize_pair(
+            hdr,
+            psfs,
+            rng,
+            crop_px=dataset.crop_px,
+            clip_max=formation.clip_max,
+            lights=dict(
+                max_count=scenes.lights.max_count,
+                radius_px=scenes.lights.radius_px,
+                intensity=scenes.lights.intensity,
+            ),
+            noise_log_a_range=formation.noise.log_a_range if formation.noise.enabled else None,
+        )
+        record = {
+            **rec,
+            "id": plan.id,
+            "scene": source.name,
+            "scene_kind": source.kind,
+            "view": view_idx,
+            "scene_info": info,
+            "seed": [*entropy, plan.index],
+        }
+        yield plan, gt.astype(dtype), lq.astype(dtype), record

@@ -1,0 +1,1 @@
+"""File input/output: image decoding, scene discovery, atomic writes, manifests."""

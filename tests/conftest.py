@@ -1,0 +1,60 @@
+"""Test setup: everything local and temporary (Prefect home, MLflow store), no network."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_TMP = Path(tempfile.mkdtemp(prefix="udcguard-tests-"))
+os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_TMP / 'mlflow.db'}"
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import copy  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: A tiny but complete params dict: seconds on a CPU.
+TINY: dict = {
+    "seed": 3,
+    "psf": {
+        "kernel_size": 15,
+        "code_dim": 3,
+        "optics": {"focal_length_mm": 4.67, "aperture_mm": 2.0},
+        "displays": [
+            {"name": "toled", "layout": "toled", "opaque_transmission": 0.6, "variants": 1},
+            {"name": "poled", "layout": "poled", "opaque_transmission": 0.7},
+        ],
+    },
+    "scenes": {"photos": True, "panoramas": "off", "max_side_px": 96},
+    "dataset": {
+        "crop_px": 32,
+        "train": {"scene_fraction": 0.6, "pairs_per_scene": 2},
+        "val": {"scene_fraction": 0.2, "pairs_per_scene": 1},
+        "test": {"scene_fraction": 0.2, "pairs_per_scene": 1},
+        "preview_rows": 2,
+    },
+    "tracking": {"experiment": "tests"},
+}
+
+
+@pytest.fixture
+def tiny() -> dict:
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole session (starting one costs ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,122 @@
+"""params.yaml -> frozen pydantic models: unknown keys and bad values name the key path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from tests.conftest import REPO
+from udcguard.config import Params, flatten, load_params, params_from_dict
+from udcguard.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "params-paper.yaml"])
+def test_shipped_params_load(name: str) -> None:
+    p = load_params(REPO / name)
+    assert isinstance(p, Params)
+    assert p.psf.kernel_size % 2 == 1
+
+
+def test_paper_profile_has_ten_psfs_and_256_crops() -> None:
+    p = load_params(REPO / "params-paper.yaml")
+    n = sum(1 + d.variants for d in p.psf.displays) + sum(1 + m.variants for m in p.psf.measured)
+    assert n == 10
+    assert p.dataset.crop_px == 256
+
+
+def _with(tiny: dict, path: str, value: object) -> dict:
+    node = tiny
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})
+    node[keys[-1]] = value
+    return tiny
+
+
+def test_typo_names_key_path(tiny: dict) -> None:
+    with pytest.raises(ConfigError, match=r"^src: psf\.wavelenghts: unknown key"):
+        params_from_dict(_with(tiny, "psf.wavelenghts", [500]), "src")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "pattern"),
+    [
+        ("psf.optics.aperture_mm", -1.0, r"psf\.optics\.aperture_mm: Input should be greater than"),
+        ("psf.kernel_size", 64, r"psf\.kernel_size: Value error, must be odd"),
+        ("psf.displays.0.opaque_transmission", 1.5, r"psf\.displays\.0\.opaque_transmission: Input should be less"),
+        ("psf.optics.wavelengths_nm", [[610], [530], [50]], r"psf\.optics\.wavelengths_nm\.2\.0: Input should be greater"),
+        ("dataset.crop_px", 2, r"dataset\.crop_px: Input should be greater than or equal to 8"),
+        ("dataset.train.scene_fraction", 0.9, r"dataset: Value error, train/val/test scene_fraction must sum to 1"),
+        ("seed", -1, r"seed: Input should be greater than or equal to 0"),
+    ],
+)
+def test_out_of_range_values(tiny: dict, path: str, value: object, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        params_from_dict(_with(tiny, path, value), "params.yaml")
+
+
+def test_unknown_layout_lists_valid_names(tiny: dict) -> None:
+    with pytest.raises(ConfigError, match=r"unknown layout 'tolde'; valid: .*poled.*toled"):
+        params_from_dict(_with(tiny, "psf.displays.0.layout", "tolde"))
+
+
+def test_params_are_frozen(tiny: dict) -> None:
+    p = params_from_dict(tiny)
+    with pytest.raises(ValidationError):
+        p.seed = 4  # type: ignore[misc]
+
+
+def test_flatten_has_dotted_keys(tiny: dict) -> None:
+    flat = flatten(params_from_dict(tiny))
+    assert flat["psf.kernel_size"] == "15"
+    assert flat["psf.displays.0.layout"] == "toled"
+    assert flat["dataset.train.pairs_per_scene"] == "2"
+
+
+def test_missing_and_invalid_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("psf: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: line \d+ invalid YAML"):
+        load_params(bad)
+
+
+def test_cli_reports_one_line_and_exits_nonzero(tmp_path, tiny: dict) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(_with(tiny, "psf.wavelenghts", [1])))
+    r = subprocess.run([sys.executable, "-m", "flows", "check-params", "--params", str(f)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == [f"error: {f}: psf.wavelenghts: unknown key"]
+
+
+def test_cli_set_override(tmp_path, tiny: dict) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(tiny))
+    r = subprocess.run([sys.executable, "-m", "flows", "check-params", "--params", str(f),
+                        "--set", "dataset.crop_px=48"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(r.stdout)["dataset"]["crop_px"] == 48
+
+
+def test_dvc_yaml_agrees_with_params_and_cli() -> None:
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    fields = set(Params.model_fields)
+    from flows.__main__ import app
+
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    for name, stage in dvc["stages"].items():
+        for section in stage["params"]:
+            assert section in fields, f"dvc.yaml stage {name} lists unknown params section {section}"
+        assert stage["cmd"].startswith(f"python -m flows {name}")
+        assert name in commands
+        for dep in stage["deps"]:
+            assert (REPO / dep).exists(), dep
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(data) <= fields
