@@ -15,7 +15,7 @@ import typer
 import yaml
 
 import flows  # noqa: F401  (sets offline/telemetry environment defaults)
-from udcguard.config import Params, load_params
+from udcguard.config import load_params
 from udcguard.errors import UdcGuardError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -48,10 +48,11 @@ def _overrides(items: list[str] | None) -> dict[str, object]:
 
 def _run(fn, params_path: Path, sets: list[str] | None, **kwargs) -> None:
     try:
-        params: Params = load_params(params_path, _overrides(sets))
+        overrides = _overrides(sets)
+        load_params(params_path, overrides)  # fail fast, before Prefect starts
         for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_OneLineUserErrors())
-        fn(params=params, **kwargs)
+        fn(params_path=str(params_path), overrides=overrides, **kwargs)
     except UdcGuardError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

@@ -58,8 +58,14 @@ def write_psf_bank(params: Params, out_dir: str, base_dir: str = ".") -> list[st
 
 @task(name="split-scenes", cache_policy=NO_CACHE)
 def assign_splits(params: Params, base_dir: str = ".") -> dict[str, list[str]]:
-    """Scene names per split (disjoint), deterministic in the seed."""
+    """Scene names per split (disjoint), deterministic in the seed.
+
+    Every scene is decoded once here, so that a corrupt or unsupported file stops the stage
+    before any output is written.
+    """
     sources = build_scene_sources(params.scenes, Path(base_dir))
+    for source in tqdm(sources.values(), desc="check scenes", unit="scene", disable=None):
+        source.loader()
     d = params.dataset
     fractions = {s: getattr(d, s).scene_fraction for s in ("train", "val", "test")}
     return split_scenes(sorted(sources), fractions, params.seed)

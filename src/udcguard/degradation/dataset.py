@@ -52,7 +52,7 @@ def scene_views(source: SceneSource, rng: np.random.Generator, p: SceneParams) -
         max_side_px=p.max_side_px,
         exposure_median=p.exposure_median,
         highlights=dict(threshold=p.highlights.threshold, alpha_min=p.highlights.alpha_min, alpha_max=p.highlights.alpha_max),
-        lights=dict(max_count=0, radius_px=p.lights.radius_px, intensity=p.lights.intensity),
+        lights=None,  # added per pair, see synthesize_pair
     )
     if source.kind != "panorama":
         hdr, info = prepare_scene(image, rng, **common)

@@ -5,7 +5,13 @@ See udc-physics.md, "Fourier optics of a display in front of a lens".
 
 from udcguard.optics.bank import PSFEntry, build_psf_bank
 from udcguard.optics.codes import KernelCodes, kernel_codes, project
-from udcguard.optics.layouts import LAYOUTS, fill_factor, load_cell_png, tile_mask, unit_cell
+from udcguard.optics.layouts import (
+    LAYOUTS,
+    fill_factor,
+    load_cell_png,
+    tile_mask,
+    unit_cell,
+)
 from udcguard.optics.measured import (
     AffineParams,
     Variant,
@@ -16,7 +22,13 @@ from udcguard.optics.measured import (
     sample_variants,
     validate_psf,
 )
-from udcguard.optics.psf import Optics, first_dark_ring_um, psf_fine, pupil_amplitude, simulate_psf
+from udcguard.optics.psf import (
+    Optics,
+    first_dark_ring_um,
+    psf_fine,
+    pupil_amplitude,
+    simulate_psf,
+)
 
 __all__ = [
     "LAYOUTS",

@@ -108,7 +108,7 @@ def fit_kernel(psf: np.ndarray, kernel_size: int, mode: str = "crop") -> np.ndar
     if mode == "resize":
         z = k / max(a.shape[:2])
         if z < 1.0:
-            width = max(int(round(1.0 / z)), 1)
+            width = max(round(1.0 / z), 1)
             a = ndi.uniform_filter(a, size=(width, width, 1), mode="constant")
         a = ndi.zoom(a, (z, z, 1.0), order=1, mode="grid-constant", grid_mode=True)
         a = np.clip(a, 0.0, None)

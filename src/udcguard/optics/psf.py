@@ -73,7 +73,7 @@ def pupil_amplitude(
         optical axis at sample (M // 2, M // 2).
     """
     radius = optics.aperture_mm * 1e3 / 2.0 / optics.pupil_sample_um  # samples
-    m = 2 * int(math.floor(radius)) + 1
+    m = 2 * math.floor(radius) + 1
     r = np.arange(m) - m // 2  # (M,)
     circ = (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2  # (M, M)
     mask = tile_mask(cell, m, transmission=transmission, randomize=randomize, rng=rng)  # (M, M)
@@ -89,7 +89,7 @@ def fft_size(wavelength_nm: float, optics: Optics) -> int:
     exact = (wavelength_nm * 1e-3) * (optics.focal_length_mm * 1e3) / (
         optics.pupil_sample_um * optics.fine_spacing_um
     )
-    return 2 * int(round((exact - 1.0) / 2.0)) + 1
+    return 2 * round((exact - 1.0) / 2.0) + 1
 
 
 def psf_fine(pupil: np.ndarray, wavelength_nm: float, optics: Optics) -> tuple[np.ndarray, float]:
