@@ -177,7 +177,8 @@ class SceneParams(Frozen):
     panoramas: Literal["auto", "required", "off"] = "auto"
     panorama_dir: Path = Path("/usr/share/blender/datafiles/studiolights/world")
     views_per_panorama: int = Field(4, ge=1, le=256)
-    fov_deg: float = Field(75.0, gt=10.0, lt=150.0)
+    view_px: int = Field(256, ge=32, le=4096, description="side of a perspective view of a panorama")
+    fov_deg: float = Field(90.0, gt=10.0, lt=150.0, description="90 deg of a 1024-px panorama ~ 256 px")
     folder: Path | None = Field(None, description="user folder of PNG/JPEG/EXR/.npy scenes")
     max_side_px: int = Field(384, ge=32, le=8192, description="scenes are downscaled to this")
     exposure_median: float = Field(0.18, gt=0.0, le=10.0, description="HDR scenes are scaled to this median")

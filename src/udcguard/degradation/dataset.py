@@ -58,7 +58,7 @@ def scene_views(source: SceneSource, rng: np.random.Generator, p: SceneParams) -
         hdr, info = prepare_scene(image, rng, **common)
         return [(hdr, info)]
     out = []
-    for yaw, pitch, view in panorama_views(image, rng, count=p.views_per_panorama, fov_deg=p.fov_deg, size=p.max_side_px):
+    for yaw, pitch, view in panorama_views(image, rng, count=p.views_per_panorama, fov_deg=p.fov_deg, size=p.view_px):
         hdr, info = prepare_scene(Image(pixels=view, linear=True, source=image.source), rng, **common)
         out.append((hdr, {**info, "yaw_deg": float(yaw), "pitch_deg": float(pitch)}))
     return out
