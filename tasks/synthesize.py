@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 import udcguard
 from udcguard.config import Params
-from udcguard.degradation.dataset import build_scene_sources, scene_pairs
+from udcguard.degradation.dataset import build_scene_sources, check_scene, scene_pairs
 from udcguard.degradation.scenes import split_scenes
 from udcguard.degradation.synth import plan_split
 from udcguard.io.atomic import save_json, save_npy, save_png
@@ -65,7 +65,7 @@ def assign_splits(params: Params, base_dir: str = ".") -> dict[str, list[str]]:
     """
     sources = build_scene_sources(params.scenes, Path(base_dir))
     for source in tqdm(sources.values(), desc="check scenes", unit="scene", disable=None):
-        source.loader()
+        check_scene(source, params.scenes, params.dataset.crop_px)
     d = params.dataset
     fractions = {s: getattr(d, s).scene_fraction for s in ("train", "val", "test")}
     return split_scenes(sorted(sources), fractions, params.seed)

@@ -120,3 +120,5 @@ def test_dvc_yaml_agrees_with_params_and_cli() -> None:
             assert (REPO / dep).exists(), dep
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     assert set(data) <= fields
+    for stage in dvc["stages"].values():
+        assert set(stage["params"]) <= set(data), "DVC needs every listed section in params.yaml"

@@ -143,3 +143,43 @@ def test_cli_bad_scene_file_one_line_error_no_outputs(prefect_harness, tiny: dic
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "data" / "psf").exists() and not (tmp_path / "data" / "udc").exists()
     assert not list((tmp_path / "data").glob(".*.partial")) if (tmp_path / "data").exists() else True
+
+
+def test_scene_smaller_than_crop_fails_before_outputs(prefect_harness, tiny: dict, tmp_path: Path) -> None:
+    from udcguard.errors import ImageError
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(scenes / "tiny.png")
+    tiny["scenes"].update(folder=str(scenes), photos=False)
+    with pytest.raises(ImageError, match=r"tiny\.png: 40x20 px scene .* smaller than dataset\.crop_px=32"):
+        _run(tiny, tmp_path / "data")
+    assert not (tmp_path / "data" / "psf").exists() and not (tmp_path / "data" / "udc").exists()
+
+
+def test_measured_psf_bank(prefect_harness, tiny: dict, tmp_path: Path) -> None:
+    """A DISCNet-format measured PSF (.npy, (H, W, 3)) joins the bank with its variants."""
+    yy, xx = np.mgrid[-40:41, -40:41]
+    psf = np.stack([np.exp(-(xx**2 + (yy / s) ** 2) / 8.0) for s in (1.0, 1.5, 2.0)], -1)
+    np.save(tmp_path / "zte.npy", psf * 7.0)
+    tiny["psf"]["measured"] = [{"name": "zte", "path": str(tmp_path / "zte.npy"), "variants": 2}]
+    _run(tiny, tmp_path / "data")
+    names = json.loads((tmp_path / "data" / "psf" / "codes.json").read_text())["names"]
+    assert names[-3:] == ["zte", "zte-v1", "zte-v2"]
+    for n in names[-3:]:
+        k = np.load(tmp_path / "data" / "psf" / f"{n}.npy")
+        assert k.shape == (15, 15, 3)
+        np.testing.assert_allclose(k.sum(axis=(0, 1)), 1.0, atol=1e-5)
+
+
+def test_bad_measured_psf_names_file(prefect_harness, tiny: dict, tmp_path: Path) -> None:
+    from udcguard.errors import PSFError
+
+    bad = np.ones((9, 9, 3))
+    bad[4, 4, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    tiny["psf"]["measured"] = [{"name": "m", "path": str(tmp_path / "nan.npy")}]
+    with pytest.raises(PSFError, match=r"nan\.npy: .*NaN"):
+        _run(tiny, tmp_path / "data")
+    assert not (tmp_path / "data" / "psf").exists()
+    assert not staging_dir(tmp_path / "data" / "psf").exists()

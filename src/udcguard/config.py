@@ -242,6 +242,18 @@ class Params(Frozen):
     dataset: DatasetParams = DatasetParams()
     tracking: TrackingParams = TrackingParams()
 
+    @model_validator(mode="after")
+    def _crop_fits(self) -> Params:
+        if self.scenes.panoramas != "off" and self.scenes.view_px < self.dataset.crop_px:
+            raise ValueError(
+                f"scenes.view_px={self.scenes.view_px} is smaller than dataset.crop_px={self.dataset.crop_px}"
+            )
+        if self.scenes.max_side_px < self.dataset.crop_px:
+            raise ValueError(
+                f"scenes.max_side_px={self.scenes.max_side_px} is smaller than dataset.crop_px={self.dataset.crop_px}"
+            )
+        return self
+
 
 # --------------------------------------------------------------------------- loading
 def _format_error(source: str, err: ValidationError) -> str:

@@ -41,6 +41,20 @@ def build_scene_sources(p: SceneParams, base_dir: Path = Path(".")) -> dict[str,
     return {s.name: s for s in sources}
 
 
+def check_scene(source: SceneSource, p: SceneParams, crop_px: int) -> None:
+    """Decode a scene once and check that it can give ``crop_px`` crops (fail before work)."""
+    image = source.loader()
+    if source.kind == "panorama":
+        return  # views are p.view_px, checked against the crop in the params
+    h, w = image.pixels.shape[:2]
+    scale = min(1.0, p.max_side_px / max(h, w))
+    if min(h, w) * scale < crop_px:
+        raise ImageError(
+            f"{image.source}: {w}x{h} px scene (x{scale:.2f} to scenes.max_side_px={p.max_side_px}) "
+            f"is smaller than dataset.crop_px={crop_px}"
+        )
+
+
 def scene_views(source: SceneSource, rng: np.random.Generator, p: SceneParams) -> list[tuple[np.ndarray, dict[str, Any]]]:
     """Prepared linear HDR images of one source: one for a photo, several views of a panorama.
 
