@@ -22,11 +22,11 @@ import scipy.signal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from udcguard.config import load_params  # noqa: E402
-from udcguard.degradation.dataset import build_scene_sources, scene_pairs  # noqa: E402
-from udcguard.degradation.formation import form_udc  # noqa: E402
-from udcguard.degradation.synth import plan_split  # noqa: E402
-from udcguard.optics.bank import build_psf_bank  # noqa: E402
+from udcguard.config import load_params
+from udcguard.degradation.dataset import build_scene_sources, scene_pairs
+from udcguard.degradation.formation import form_udc
+from udcguard.degradation.synth import plan_split
+from udcguard.optics.bank import build_psf_bank
 
 
 def _best(fn, repeat: int = 3) -> float:

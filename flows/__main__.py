@@ -46,10 +46,13 @@ def _overrides(items: list[str] | None) -> dict[str, object]:
     return out
 
 
-def _run(fn, params_path: Path, sets: list[str] | None, **kwargs) -> None:
+def _run(fn, params_path: Path, sets: list[str] | None, restorer: str | None = None, **kwargs) -> None:
     try:
         overrides = _overrides(sets)
-        load_params(params_path, overrides)  # fail fast, before Prefect starts
+        p = load_params(params_path, overrides)  # fail fast, before Prefect starts
+        if restorer is not None:
+            p.restorer(restorer)
+            kwargs["restorer"] = restorer
         for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_OneLineUserErrors())
         fn(params_path=str(params_path), overrides=overrides, **kwargs)
@@ -58,7 +61,10 @@ def _run(fn, params_path: Path, sets: list[str] | None, **kwargs) -> None:
         raise typer.Exit(2) from None
 
 
-@app.command()
+RestorerOpt = Annotated[str, typer.Option("--restorer", "-r", help="restorer name from params.yaml")]
+
+
+@app.command("synthesize")
 def synthesize(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data")) -> None:
     """Simulate the PSF bank and synthesise UDC pairs (data/psf, data/udc)."""
     from flows.synthesize import synthesize as flow
@@ -66,7 +72,80 @@ def synthesize(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, dat
     _run(flow, params, set_, data_dir=str(data_dir))
 
 
-@app.command()
+@app.command("train_restorer")
+def train_restorer(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+                   data_dir: DataOpt = Path("data")) -> None:
+    """Train one restorer (data/models/<restorer>); resumes after a kill."""
+    from flows.train import train_restorer_flow as flow
+
+    _run(flow, params, set_, data_dir=str(data_dir), restorer=restorer)
+
+
+@app.command("train_purifier")
+def train_purifier(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data")) -> None:
+    """Train the diffusion purifier (data/purifier); resumes after a kill."""
+    from flows.train import train_purifier_flow as flow
+
+    _run(flow, params, set_, data_dir=str(data_dir))
+
+
+@app.command("attack")
+def attack(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+           data_dir: DataOpt = Path("data")) -> None:
+    """Adversarial inputs at every eps level (data/attacks/<restorer>)."""
+    from flows.defend import attack_flow as flow
+
+    _run(flow, params, set_, data_dir=str(data_dir), restorer=restorer)
+
+
+@app.command("purify")
+def purify(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+           data_dir: DataOpt = Path("data")) -> None:
+    """Purify the clean and adversarial inputs of a restorer (data/purified/<restorer>)."""
+    from flows.defend import purify_flow as flow
+
+    _run(flow, params, set_, data_dir=str(data_dir), restorer=restorer)
+
+
+@app.command("purify_train")
+def purify_train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data")) -> None:
+    """Purify train inputs at the fine-tuning strengths (data/purified_train)."""
+    from flows.defend import purify_train_flow as flow
+
+    _run(flow, params, set_, data_dir=str(data_dir))
+
+
+@app.command("finetune")
+def finetune(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+             data_dir: DataOpt = Path("data")) -> None:
+    """Fine-tune a restorer on purified inputs (data/finetuned/<restorer>); registers it in MLflow."""
+    from flows.train import finetune_flow as flow
+
+    _run(flow, params, set_, data_dir=str(data_dir), restorer=restorer)
+
+
+@app.command("evaluate")
+def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data"),
+             reports_dir: Annotated[Path, typer.Option("--reports-dir")] = Path("reports"),
+             pairs: Annotated[Path | None, typer.Option("--pairs", help="your folder of pairs (manifest.json + gt/lq)")] = None,
+             out: Annotated[Path | None, typer.Option("--out", help="where --pairs results go")] = None) -> None:
+    """Score every (restorer, attack, eps, defence) -> reports/; or your own pairs with --pairs DIR --out DIR."""
+    from flows.evaluate import evaluate_flow as flow
+
+    _run(flow, params, set_, data_dir=str(data_dir), reports_dir=str(reports_dir),
+         pairs=str(pairs) if pairs else None, out=str(out) if out else None)
+
+
+@app.command("report")
+def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data"),
+           reports_dir: Annotated[Path, typer.Option("--reports-dir")] = Path("reports")) -> None:
+    """Render reports/index.html (self-contained) and log it to MLflow."""
+    from flows.evaluate import report_flow as flow
+
+    _run(flow, params, set_, data_dir=str(data_dir), reports_dir=str(reports_dir))
+
+
+@app.command("pipeline")
 def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data")) -> None:
     """Run every stage in order (same outputs as `dvc repro`)."""
     from flows.pipeline import pipeline as flow

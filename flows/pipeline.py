@@ -6,19 +6,30 @@ from typing import Any
 
 from prefect import flow
 
+from flows.defend import attack_flow, purify_flow, purify_train_flow
+from flows.evaluate import evaluate_flow, report_flow
 from flows.synthesize import synthesize
-from tasks.tracking import stage_run
+from flows.train import finetune_flow, train_purifier_flow, train_restorer_flow
 from udcguard.config import load_params
 
 
 @flow(name="pipeline")
-def pipeline(
-    params_path: str = "params.yaml",
-    overrides: dict[str, Any] | None = None,
-    data_dir: str = "data",
-    base_dir: str = ".",
-) -> dict[str, str]:
-    """Run every stage in order under one parent MLflow run."""
+def pipeline(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None, data_dir: str = "data",
+             reports_dir: str = "reports") -> str:
+    """synthesize -> train (restorers, purifier) -> attack -> purify -> finetune -> evaluate -> report.
+
+    The stages' MLflow runs gather under one parent run (see tasks/tracking.py).
+    """
     params = load_params(params_path, overrides)
-    with stage_run("pipeline", params):
-        return synthesize(params_path, overrides, data_dir, base_dir)
+    common = {"params_path": params_path, "overrides": overrides, "data_dir": data_dir}
+    synthesize(**common)
+    for r in params.restorers:
+        train_restorer_flow(r.name, **common)
+    train_purifier_flow(**common)
+    purify_train_flow(**common)
+    for r in params.restorers:
+        attack_flow(r.name, **common)
+        purify_flow(r.name, **common)
+        finetune_flow(r.name, **common)
+    evaluate_flow(**common, reports_dir=reports_dir)
+    return report_flow(**common, reports_dir=reports_dir)

@@ -7,7 +7,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from tasks.synthesize import assign_splits, fingerprint, synthesize_split, write_preview, write_psf_bank
+from tasks.common import fingerprint
+from tasks.synthesize import (
+    assign_splits,
+    synthesize_split,
+    write_preview,
+    write_psf_bank,
+)
 from tasks.tracking import stage_run
 from udcguard.config import load_params
 from udcguard.io.atomic import staged_output
@@ -30,7 +36,7 @@ def synthesize(
     params = load_params(params_path, overrides)
     data = Path(data_dir)
     psf_dir, udc_dir = data / "psf", data / "udc"
-    with stage_run("synthesize", params) as run:
+    with stage_run("synthesize", params, params_path) as run:
         splits = assign_splits(params, base_dir)  # decodes every scene: bad files fail first
         log.info("scenes per split: %s", {k: len(v) for k, v in splits.items()})
         with staged_output(psf_dir, fingerprint(params, "seed", "psf")) as stage:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-import udcguard
 from udcguard.config import Params
 from udcguard.degradation.dataset import build_scene_sources, check_scene, scene_pairs
 from udcguard.degradation.scenes import split_scenes
@@ -21,16 +19,6 @@ from udcguard.io.manifest import MANIFEST_VERSION, load_manifest
 from udcguard.optics.bank import build_psf_bank
 from udcguard.optics.codes import kernel_codes
 from udcguard.viz import hdr_display, image_grid, psf_to_rgb, tonemapped_display
-
-
-def fingerprint(params: Params, *sections: str) -> str:
-    """Hash of the given params sections and of udcguard's source (staging validity)."""
-    h = hashlib.sha256()
-    for s in sections:
-        h.update(getattr(params, s).model_dump_json().encode() if s != "seed" else str(params.seed).encode())
-    for f in sorted(Path(udcguard.__file__).parent.rglob("*.py")):
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 @task(name="psf-bank", cache_policy=NO_CACHE)

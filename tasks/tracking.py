@@ -1,19 +1,27 @@
 """MLflow tracking: the only module in udcguard's code that imports mlflow.
 
-One run per stage execution (nested under the pipeline's run when there is one), params
-flattened, the git commit recorded, images and artefacts logged. The tracking store
-defaults to a sqlite file in the working directory (``sqlite:///mlflow.db``, git-ignored);
-``MLFLOW_TRACKING_URI`` overrides it. Credentials (e.g. for an S3 artefact store) come from
-the environment and are never logged.
+* One run per stage execution, nested (``mlflow.parentRunId``) under a parent run per
+  pipeline execution. A pipeline execution is identified by the git commit and the
+  params file's content, so the stages of one ``dvc repro`` (separate processes) and of
+  ``python -m flows pipeline`` gather under the same parent.
+* Params flattened, the git commit recorded, metrics, images, artefacts, and models
+  registered in the model registry.
+* The store defaults to a sqlite file in the working directory (``sqlite:///mlflow.db``,
+  git-ignored); ``MLFLOW_TRACKING_URI`` overrides it. Credentials (e.g. for an S3 artefact
+  store) come from the environment only and are never logged.
+
+Logging goes through an explicit run id (``RunLogger``), so tasks can log from any thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from udcguard.config import Params, flatten
 
@@ -27,13 +35,9 @@ def tracking_uri() -> str:
 def git_commit(cwd: str | Path = ".") -> tuple[str, bool]:
     """(commit hash or 'unknown', dirty?) of the working tree."""
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=10,
-        )
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
     if head.returncode != 0:
@@ -41,53 +45,115 @@ def git_commit(cwd: str | Path = ".") -> tuple[str, bool]:
     return head.stdout.strip(), bool(dirty.stdout.strip())
 
 
-class StageRun:
-    """Handle given to flows for logging into the current MLflow run."""
-
-    def __init__(self, mlflow_module, run_id: str) -> None:
-        self._mlflow = mlflow_module
-        self.run_id = run_id
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
-
-    def log_image(self, path: str | Path, name: str | None = None) -> None:
-        """Log a PNG on disk as an MLflow image (shown in the run's artefacts)."""
-        from PIL import Image
-
-        with Image.open(path) as img:
-            self._mlflow.log_image(img.convert("RGB"), artifact_file=name or Path(path).name)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self._mlflow.set_tags(tags)
-
-
-@contextmanager
-def stage_run(stage: str, params: Params | None = None, *, tags: dict[str, str] | None = None) -> Iterator[StageRun]:
-    """Open an MLflow run for one stage execution; nested if a run is active."""
+def _client():
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    experiment = params.tracking.experiment if params is not None else "udcguard"
-    nested = mlflow.active_run() is not None
-    if not nested:
-        mlflow.set_experiment(experiment)
+    return mlflow.MlflowClient(tracking_uri())
+
+
+class RunLogger:
+    """Logs into one MLflow run by id (thread-safe; usable from tasks)."""
+
+    def __init__(self, run_id: str | None) -> None:
+        self.run_id = run_id
+        self._c = _client() if run_id else None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._c is None:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(batch), 500):
+            self._c.log_batch(self.run_id, metrics=batch[i : i + 500])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._c is not None:
+            self._c.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._c is not None:
+            self._c.log_artifacts(self.run_id, str(path), artifact_path)
+
+    def log_image(self, path: str | Path, name: str | None = None) -> None:
+        """Log a PNG on disk as an MLflow image (shown in the run's artefacts)."""
+        if self._c is None:
+            return
+        from PIL import Image
+
+        with Image.open(path) as img:
+            self._c.log_image(self.run_id, img.convert("RGB"), artifact_file=name or Path(path).name)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self._c is not None:
+            for k, v in tags.items():
+                self._c.set_tag(self.run_id, k, v)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        if self._c is not None:
+            self._c.log_dict(self.run_id, obj, name)
+
+    def register_model(self, model_dir: str | Path, name: str, description: str = "") -> str | None:
+        """Log a saved model folder as an artefact and register it; returns the version."""
+        if self._c is None:
+            return None
+        self.log_artifacts(model_dir, "model")
+        if not self._c.search_registered_models(filter_string=f"name = '{name}'"):
+            self._c.create_registered_model(name, description=description)
+        run = self._c.get_run(self.run_id)
+        mv = self._c.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=self.run_id)
+        return str(mv.version)
+
+
+def pipeline_key(params_path: str | Path) -> tuple[str, str]:
+    """(key, commit): one pipeline execution = one commit + one params content."""
     commit, dirty = git_commit()
-    with mlflow.start_run(run_name=stage, nested=nested) as run:
-        mlflow.set_tags(
-            {
-                "udcguard.stage": stage,
-                "mlflow.source.git.commit": commit,
-                "udcguard.git_dirty": str(dirty).lower(),
-                **(tags or {}),
-            }
-        )
-        if params is not None:
-            flat = flatten(params)
-            keys = sorted(flat)
-            for i in range(0, len(keys), 100):  # MLflow's batch limit
-                mlflow.log_params({k: flat[k][:6000] for k in keys[i : i + 100]})
-        yield StageRun(mlflow, run.info.run_id)
+    text = Path(params_path).read_bytes() if Path(params_path).exists() else b""
+    key = hashlib.sha256(commit.encode() + str(dirty).encode() + text).hexdigest()[:16]
+    return key, commit
+
+
+def _parent_run_id(client, experiment_id: str, key: str, commit: str) -> str:
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`udcguard.pipeline` = '{key}' and tags.`udcguard.kind` = 'pipeline'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"pipeline {key[:8]}", tags={
+        "udcguard.pipeline": key, "udcguard.kind": "pipeline", "mlflow.source.git.commit": commit})
+    return run.info.run_id
+
+
+@contextmanager
+def stage_run(stage: str, params: Params, params_path: str | Path = "params.yaml", *,
+              tags: dict[str, str] | None = None) -> Iterator[RunLogger]:
+    """Open an MLflow run for one stage execution, nested under its pipeline's run."""
+    client = _client()
+    name = params.tracking.experiment
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+    key, commit = pipeline_key(params_path)
+    _, dirty = git_commit()
+    parent = _parent_run_id(client, exp_id, key, commit)
+    label = stage + "".join(f"/{v}" for k, v in (tags or {}).items() if k in ("restorer", "attack"))
+    run = client.create_run(exp_id, run_name=label, tags={
+        "mlflow.parentRunId": parent, "udcguard.stage": stage, "udcguard.pipeline": key,
+        "mlflow.source.git.commit": commit, "udcguard.git_dirty": str(dirty).lower(), **(tags or {})})
+    rid = run.info.run_id
+    flat = flatten(params)
+    from mlflow.entities import Param
+
+    items = [Param(k, flat[k][:6000]) for k in sorted(flat)]
+    for i in range(0, len(items), 100):  # MLflow's batch limit
+        client.log_batch(rid, params=items[i : i + 100])
+    status = "FAILED"
+    try:
+        yield RunLogger(rid)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(rid, status=status)

@@ -16,9 +16,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-import copy  # noqa: E402
+import copy
 
-import pytest  # noqa: E402
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +42,15 @@ TINY: dict = {
         "test": {"scene_fraction": 0.2, "pairs_per_scene": 1},
         "preview_rows": 2,
     },
+    "restorers": {"unet": {"arch": "unet", "size": "tiny"}, "discnet": {"arch": "discnet", "size": "tiny"}},
+    "train": {"steps": 6, "batch_size": 4, "crop_px": 32, "checkpoint_every": 3},
+    "purifier": {"unet": "tiny", "num_train_timesteps": 100, "steps": 6, "batch_size": 4, "crop_px": 32,
+                 "checkpoint_every": 3},
+    "attack": {"eps": [2, 8], "steps": 3, "max_images": 3, "batch_size": 2},
+    "purify": {"t_star": 5, "batch_size": 2},
+    "finetune": {"steps": 4, "batch_size": 4, "crop_px": 32, "t_stars": [3, 5], "train_images": 4,
+                 "checkpoint_every": 2},
+    "evaluate": {"batch_size": 2, "report_examples": 2},
     "tracking": {"experiment": "tests"},
 }
 

@@ -26,7 +26,7 @@ def test_dvc_repro_then_noop(tmp_path: Path) -> None:
     (work / "params.yaml").write_text(yaml.safe_dump(params_from_dict(TINY).model_dump(mode="json")))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    run = lambda *cmd: subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)  # noqa: E731
+    run = lambda *cmd: subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert run("git", "init", "-q").returncode == 0
     r = run("dvc", "repro")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -103,8 +103,8 @@ def test_mlflow_run_recorded(made: Path) -> None:
 
 
 def test_deterministic_and_resumes_after_kill(made: Path, tmp_path: Path, monkeypatch) -> None:
-    from tests.conftest import TINY
     import tasks.synthesize as ts
+    from tests.conftest import TINY
 
     calls = {"n": 0}
     real = ts.save_json

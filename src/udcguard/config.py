@@ -12,10 +12,18 @@ keyword arguments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from udcguard.errors import ConfigError
 
@@ -228,6 +236,129 @@ class DatasetParams(Frozen):
         return self
 
 
+# --------------------------------------------------------------------------- restorers
+Device = Literal["auto", "cpu", "cuda"]
+Size = Literal["tiny", "small", "paper"]
+
+
+class RestorerParams(Frozen):
+    """One restorer to train, attack, defend and evaluate (params.yaml: ``restorers.<name>``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="the key in params.yaml")
+    arch: str = Field(description="registry name: unet | discnet | ...")
+    size: Size = "small"
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from udcguard.models import RESTORERS
+
+        RESTORERS.get(v)
+        return v
+
+
+class TrainParams(Frozen):
+    """Restorer training (tone-mapped crops; Adam with cosine annealing)."""
+
+    steps: int = Field(1500, ge=1, le=10_000_000)
+    batch_size: int = Field(8, ge=1, le=4096)
+    crop_px: int = Field(64, ge=8, le=4096)
+    lr: float = Field(2e-4, gt=0.0, le=1.0)
+    lr_min: float = Field(1e-6, ge=0.0, le=1.0)
+    loss: Literal["l1", "l2", "charbonnier"] = "l1"
+    checkpoint_every: int = Field(250, ge=0)
+    device: Device = "auto"
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    seed: int = Field(0, ge=0)
+
+
+class PurifierParams(Frozen):
+    """Diffusion purifier: diffusers UNet2DModel + DDPMScheduler trained on degraded inputs."""
+
+    unet: Size = "small"
+    unet_path: Path | None = Field(None, description="use this diffusers UNet folder instead of training")
+    num_train_timesteps: int = Field(1000, ge=10, le=10_000)
+    steps: int = Field(2000, ge=1, le=10_000_000)
+    batch_size: int = Field(16, ge=1, le=4096)
+    crop_px: int = Field(64, ge=8, le=4096)
+    lr: float = Field(2e-4, gt=0.0, le=1.0)
+    lr_min: float = Field(1e-6, ge=0.0, le=1.0)
+    checkpoint_every: int = Field(250, ge=0)
+    device: Device = "auto"
+    seed: int = Field(0, ge=0)
+
+
+class AttackParams(Frozen):
+    """White-box attack on each restorer (design.md section 3). Budgets in 1/256 units."""
+
+    name: Literal["pgd_linf"] = "pgd_linf"
+    eps: tuple[Annotated[float, Field(gt=0.0, le=256.0)], ...] = (1.0, 2.0, 4.0, 8.0)
+    step: tuple[Annotated[float, Field(gt=0.0, le=256.0)], ...] | None = Field(
+        None, description="per level; default = eps (the paper's setting)"
+    )
+    steps: int = Field(20, ge=1, le=100_000)
+    objective: Literal["mse", "l1"] = "mse"
+    reference: Literal["clean_output", "gt"] = "clean_output"
+    random_start: bool | None = Field(
+        None, description="None: on for clean_output (d(f(y + delta), f(y)) has zero gradient at delta = 0)"
+    )
+    split: Literal["train", "val", "test"] = "test"
+    max_images: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1, le=4096)
+    device: Device = "auto"
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _steps_match(self) -> AttackParams:
+        if len(set(self.eps)) != len(self.eps):
+            raise ValueError("eps levels must be distinct")
+        if self.step is not None and len(self.step) != len(self.eps):
+            raise ValueError(f"step needs one value per eps level ({len(self.eps)})")
+        if self.random_start is False and self.reference == "clean_output":
+            raise ValueError("random_start false with reference clean_output: the gradient at delta = 0 is zero, "
+                             "PGD would never move (use null or true)")
+        return self
+
+
+class PurifyParams(Frozen):
+    """DiffPure-style purification: noise to t*, reverse DDPM back to 0."""
+
+    t_star: int = Field(100, ge=0, le=10_000, description="timestep of the forward diffusion")
+    batch_size: int = Field(16, ge=1, le=4096)
+    device: Device = "auto"
+    seed: int = Field(0, ge=0)
+
+
+class FinetuneParams(Frozen):
+    """Fine-tuning on purified inputs mixed with clean ones, against the clean ground truth."""
+
+    steps: int = Field(400, ge=1, le=10_000_000)
+    batch_size: int = Field(8, ge=1, le=4096)
+    crop_px: int = Field(64, ge=8, le=4096)
+    lr: float = Field(5e-5, gt=0.0, le=1.0)
+    lr_min: float = Field(1e-6, ge=0.0, le=1.0)
+    t_stars: tuple[Annotated[int, Field(ge=1, le=10_000)], ...] = Field(
+        (50, 100), description="purification strengths of the fine-tuning set (the paper: 50-100 steps)"
+    )
+    train_images: int | None = Field(64, ge=1, description="train pairs purified for fine-tuning")
+    clean_copies: int = Field(1, ge=0, le=16, description="clean inputs mixed in, per purified copy set")
+    perceptual_weight: float = Field(0.0, ge=0.0, le=100.0)
+    perceptual_weights_path: Path | None = Field(None, description="local VGG-19 weights; none: term off")
+    jitter: float = Field(0.05, ge=0.0, le=0.5, description="colour jitter gain range")
+    checkpoint_every: int = Field(100, ge=0)
+    device: Device = "auto"
+    amp: bool = True
+    seed: int = Field(0, ge=0)
+
+
+class EvaluateParams(Frozen):
+    split: Literal["train", "val", "test"] = "test"
+    max_images: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1, le=4096)
+    device: Device = "auto"
+    report_examples: int = Field(3, ge=1, le=32)
+
+
 class TrackingParams(Frozen):
     experiment: str = "udcguard"
 
@@ -240,10 +371,51 @@ class Params(Frozen):
     scenes: SceneParams = SceneParams()
     formation: FormationParams = FormationParams()
     dataset: DatasetParams = DatasetParams()
+    restorers: tuple[RestorerParams, ...] = Field((), description="params.yaml: a mapping name -> {arch, size}")
+    train: TrainParams = TrainParams()
+    purifier: PurifierParams = PurifierParams()
+    attack: AttackParams = AttackParams()
+    purify: PurifyParams = PurifyParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
+
+    @field_validator("restorers", mode="before")
+    @classmethod
+    def _restorers_from_mapping(cls, v: Any) -> Any:
+        # params.yaml keys restorers by name, so that DVC's foreach names stages
+        # train_restorer@<name>; internally they are a tuple with the name inside.
+        if isinstance(v, dict):
+            out = []
+            for name, spec in v.items():
+                if not isinstance(spec, dict):
+                    raise ValueError(f"restorers.{name}: expected a mapping with arch (and size)")
+                if "name" in spec and spec["name"] != name:
+                    raise ValueError(f"restorers.{name}: name {spec['name']!r} differs from its key")
+                out.append({**spec, "name": name})
+            return out
+        return v
+
+    @field_serializer("restorers")
+    def _restorers_to_mapping(self, v: tuple[RestorerParams, ...]) -> dict[str, dict[str, Any]]:
+        return {r.name: r.model_dump(exclude={"name"}) for r in v}
+
+    def restorer(self, name: str) -> RestorerParams:
+        """The restorer called ``name``; ConfigError listing the configured ones otherwise."""
+        for r in self.restorers:
+            if r.name == name:
+                return r
+        raise ConfigError(f"restorers: no restorer named {name!r}; configured: {', '.join(r.name for r in self.restorers)}")
 
     @model_validator(mode="after")
     def _crop_fits(self) -> Params:
+        names = [r.name for r in self.restorers]
+        if len(set(names)) != len(names):
+            raise ValueError("restorers: names must be unique")
+        for section in ("train", "finetune"):
+            crop = getattr(self, section).crop_px
+            if crop > self.dataset.crop_px:
+                raise ValueError(f"{section}.crop_px={crop} exceeds dataset.crop_px={self.dataset.crop_px}")
         if self.scenes.panoramas != "off" and self.scenes.view_px < self.dataset.crop_px:
             raise ValueError(
                 f"scenes.view_px={self.scenes.view_px} is smaller than dataset.crop_px={self.dataset.crop_px}"

@@ -62,3 +62,36 @@ def image_grid(
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     return np.ascontiguousarray(rgba[..., :3])
+
+
+def line_plot(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logy: bool = False,
+    inches: tuple[float, float] = (5.0, 3.4),
+    dpi: int = 100,
+) -> np.ndarray:
+    """Render named (x, y) series as a line plot; returns (H, W, 3) uint8."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=inches, dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label, (x, y) in series.items():
+        ax.plot(list(x), list(y), marker="o" if len(x) < 30 else None, ms=3, lw=1.2, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])

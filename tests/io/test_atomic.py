@@ -10,7 +10,14 @@ import pytest
 
 from udcguard.errors import ImageError
 from udcguard.io import atomic
-from udcguard.io.atomic import save_json, save_npy, sha256_file, staged_output, staging_dir, write_bytes
+from udcguard.io.atomic import (
+    save_json,
+    save_npy,
+    sha256_file,
+    staged_output,
+    staging_dir,
+    write_bytes,
+)
 
 
 def test_write_returns_sha_and_leaves_no_temp(tmp_path) -> None:
@@ -45,10 +52,9 @@ def test_staged_output_success_and_failures(tmp_path) -> None:
     assert not (final / ".fingerprint").exists()
 
     # a crash (not bad input) keeps the staging dir for resuming; the old output survives
-    with pytest.raises(RuntimeError):
-        with staged_output(final, "fp2") as stage:
-            (stage / "y.txt").write_text("partial")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), staged_output(final, "fp2") as stage:
+        (stage / "y.txt").write_text("partial")
+        raise RuntimeError("killed")
     assert (final / "x.txt").read_text() == "1" and (staging_dir(final) / "y.txt").exists()
 
     # same fingerprint: resume sees the partial work; other fingerprint: wiped
@@ -58,8 +64,7 @@ def test_staged_output_success_and_failures(tmp_path) -> None:
     assert (final / "y.txt").exists() and not (final / "x.txt").exists()
     staging_dir(final).mkdir()
     (staging_dir(final) / "stale").write_text("")
-    with pytest.raises(ImageError):
-        with staged_output(final, "fp3") as stage:
-            assert not (stage / "stale").exists()
-            raise ImageError("bad.png: corrupt")
+    with pytest.raises(ImageError), staged_output(final, "fp3") as stage:
+        assert not (stage / "stale").exists()
+        raise ImageError("bad.png: corrupt")
     assert not staging_dir(final).exists() and (final / "y.txt").exists() and not raise_bad

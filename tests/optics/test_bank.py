@@ -12,7 +12,9 @@ from PIL import Image
 from udcguard.config import DisplayParams, MeasuredPSFParams, PSFParams
 from udcguard.errors import ConfigError, ImageError, UnknownNameError
 from udcguard.optics.bank import build_psf_bank
-from udcguard.optics.layouts import toled_cell
+from udcguard.optics.layouts import toled_cell, unit_cell
+from udcguard.optics.measured import affine_variant
+from udcguard.optics.psf import Optics, simulate_psf
 
 K = 31
 
@@ -92,6 +94,41 @@ def test_measured_entry_and_variants(tmp_path: Path) -> None:
     assert bank[0].meta["source"] == str(tmp_path / "zte.npy") and bank[0].meta["source_shape"] == [81, 81, 3]
     assert bank[2].meta["parent"] == "zte"
     np.testing.assert_allclose(bank[0].psf.sum(axis=(0, 1)), 1.0, atol=1e-5)
+    v = bank[1].meta["variant"]
+    assert bank[1].meta["variant_method"] == "bilinear warp"
+    warped = affine_variant(
+        bank[0].psf, angle_deg=v["angle_deg"], shift_px=tuple(v["shift_px"]), scale=v["scale"], order=1
+    )
+    np.testing.assert_array_equal(bank[1].psf, warped)
+
+
+@pytest.mark.parametrize("randomize", [False, True])
+def test_display_variants_are_simulated_in_the_optics(randomize: bool) -> None:
+    pp = _params(
+        DisplayParams(name="tol", layout="toled", variants=2),
+        DisplayParams(name="pol", layout="poled", randomize_cells=randomize, opaque_transmission=0.7, variants=2),
+    )
+    bank = build_psf_bank(pp, seed=1, base_dir=Path("."))
+    assert [e.name for e in bank] == ["tol", "tol-v1", "tol-v2", "pol", "pol-v1", "pol-v2"]
+    for parent, variant, layout in [(bank[0], bank[1], "toled"), (bank[3], bank[5], "poled")]:
+        v = variant.meta["variant"]
+        assert variant.meta["variant_method"] == "optics" and set(v) == {"angle_deg", "shift_px", "scale"}
+        ref = simulate_psf(
+            unit_cell(layout),
+            Optics(),
+            wavelengths_nm=pp.optics.wavelengths_nm,
+            kernel_size=K,
+            transmission=parent.meta["transmission"],
+            randomize=parent.meta["randomize_cells"],
+            seed=parent.meta["cell_seed"] or 0,
+            rotation_deg=v["angle_deg"],
+            shift_px=tuple(v["shift_px"]),
+            scale=v["scale"],
+        )
+        np.testing.assert_array_equal(variant.psf, ref)
+    for e in bank:
+        assert e.psf.min() >= 0.0
+        np.testing.assert_allclose(e.psf.sum(axis=(0, 1)), 1.0, atol=1e-5)
 
 
 def test_variant_name_collision() -> None:

@@ -154,3 +154,20 @@ def test_sample_variants_ranges_and_determinism() -> None:
         np.testing.assert_allclose(a.psf.sum(axis=(0, 1)), 1.0, atol=1e-5)
         assert set(a.params.as_dict()) == {"angle_deg", "shift_px", "scale"}
     assert not np.allclose(va[0].psf, va[1].psf)
+
+
+def test_default_bilinear_warp_does_not_ring() -> None:
+    # a one-pixel peak on a flat background: a cubic spline overshoots below the background
+    # (clipped to zero: the checkerboard); bilinear weights are non-negative, so it cannot
+    psf = np.full((31, 31, 3), 1e-3)
+    psf[15, 15] = 1.0
+    kw = {"angle_deg": 7.0, "shift_px": (0.3, -0.2), "scale": 1.02}
+    bilinear = affine_variant(psf, **kw)[3:-3, 3:-3]
+    background = np.median(bilinear, axis=(0, 1))  # (3,)
+    assert np.all(bilinear >= 0.999 * background)
+    cubic = affine_variant(psf, order=3, **kw)[3:-3, 3:-3]
+    assert np.any(cubic < 0.5 * np.median(cubic, axis=(0, 1)))
+    params = sample_affine_params(1, np.random.default_rng(0))[0]
+    (variant,) = sample_variants(psf, 1, np.random.default_rng(0))
+    warped = affine_variant(psf, angle_deg=params.angle_deg, shift_px=params.shift_px, scale=params.scale)
+    np.testing.assert_array_equal(variant.psf, warped)  # sample_variants warps bilinearly too

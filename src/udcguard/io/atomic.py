@@ -111,7 +111,7 @@ def staged_output(final: str | Path, fingerprint: str) -> Iterator[Path]:
     except UdcGuardError:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    stamp.unlink()
+    stamp.unlink(missing_ok=True)
     if final.exists():
         shutil.rmtree(final) if final.is_dir() else final.unlink()
     os.replace(stage, final)

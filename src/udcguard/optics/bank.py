@@ -1,8 +1,16 @@
-"""Build the PSF bank of a run from ``config.PSFParams`` (the only reader of config here)."""
+"""Build the PSF bank of a run from ``config.PSFParams`` (the only reader of config here).
+
+Variants of simulated displays are simulated again with the display rotated in the pupil,
+the focal length scaled and the wavefront tilted (``simulate_psf(rotation_deg=, scale=,
+shift_px=)``); variants of measured PSFs are bilinear image warps (:func:`affine_variant`).
+Both draw the same random :class:`AffineParams`, recorded in ``meta["variant"]``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +20,13 @@ import numpy as np
 from udcguard.config import DisplayParams, MeasuredPSFParams, PSFParams, VariantParams
 from udcguard.errors import ConfigError
 from udcguard.optics.layouts import fill_factor, load_cell_png, unit_cell
-from udcguard.optics.measured import fit_kernel, load_psf_npy, sample_variants
+from udcguard.optics.measured import (
+    AffineParams,
+    affine_variant,
+    fit_kernel,
+    load_psf_npy,
+    sample_affine_params,
+)
 from udcguard.optics.psf import Optics, simulate_psf
 
 
@@ -31,11 +45,16 @@ class PSFEntry:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+Render = Callable[[AffineParams], np.ndarray]  # variant parameters -> (K, K, 3) float32 PSF
+
+
 def _resolve(path: Path, base_dir: Path) -> Path:
     return path if path.is_absolute() else Path(base_dir) / path
 
 
-def _display_entry(d: DisplayParams, pp: PSFParams, optics: Optics, seed: int, base_dir: Path) -> PSFEntry:
+def _display_entry(
+    d: DisplayParams, pp: PSFParams, optics: Optics, seed: int, base_dir: Path
+) -> tuple[PSFEntry, Render]:
     meta: dict[str, Any] = {"kind": "simulated", "layout": d.layout}
     if d.layout == "custom":
         if d.cell_png is not None:
@@ -50,15 +69,21 @@ def _display_entry(d: DisplayParams, pp: PSFParams, optics: Optics, seed: int, b
         cell = unit_cell(d.layout, slit_px=d.slit_px)
         if d.layout == "toled":
             meta["slit_px"] = d.slit_px
-    psf = simulate_psf(
+    simulate = functools.partial(
+        simulate_psf,
         cell,
         optics,
         wavelengths_nm=pp.optics.wavelengths_nm,
         kernel_size=pp.kernel_size,
         transmission=d.opaque_transmission,
         randomize=d.randomize_cells,
-        seed=seed,
+        seed=seed,  # the same cell arrangement for the variants, rotated with the display
     )
+    psf = simulate()
+
+    def render(p: AffineParams) -> np.ndarray:
+        return simulate(rotation_deg=p.angle_deg, shift_px=p.shift_px, scale=p.scale)
+
     meta.update(
         transmission=d.opaque_transmission,
         fill_factor=fill_factor(cell),
@@ -67,36 +92,38 @@ def _display_entry(d: DisplayParams, pp: PSFParams, optics: Optics, seed: int, b
         wavelengths_nm=[list(ch) for ch in pp.optics.wavelengths_nm],
         optics=dataclasses.asdict(optics),
         kernel_size=pp.kernel_size,
+        variant_method="optics",
     )
-    return PSFEntry(d.name, psf, meta)
+    return PSFEntry(d.name, psf, meta), render
 
 
-def _measured_entry(m: MeasuredPSFParams, pp: PSFParams, base_dir: Path) -> PSFEntry:
+def _measured_entry(m: MeasuredPSFParams, pp: PSFParams, base_dir: Path) -> tuple[PSFEntry, Render]:
     path = _resolve(m.path, base_dir)
     raw = load_psf_npy(path)  # (H, W, 3)
     psf = fit_kernel(raw, pp.kernel_size, mode=m.fit)
     meta = {"kind": "measured", "source": str(path), "source_shape": list(raw.shape), "fit": m.fit,
-            "kernel_size": pp.kernel_size}
-    return PSFEntry(m.name, psf, meta)
+            "kernel_size": pp.kernel_size, "variant_method": "bilinear warp"}
+
+    def render(p: AffineParams) -> np.ndarray:
+        return affine_variant(psf, angle_deg=p.angle_deg, shift_px=p.shift_px, scale=p.scale, order=1)
+
+    return PSFEntry(m.name, psf, meta), render
 
 
-def _variants(parent: PSFEntry, count: int, vp: VariantParams, rng: np.random.Generator) -> list[PSFEntry]:
-    found = sample_variants(
-        parent.psf,
-        count,
-        rng,
-        max_rotation_deg=vp.max_rotation_deg,
-        max_shift_px=vp.max_shift_px,
-        max_scale=vp.max_scale,
+def _variants(
+    parent: PSFEntry, render: Render, count: int, vp: VariantParams, rng: np.random.Generator
+) -> list[PSFEntry]:
+    params = sample_affine_params(
+        count, rng, max_rotation_deg=vp.max_rotation_deg, max_shift_px=vp.max_shift_px, max_scale=vp.max_scale
     )
     return [
-        PSFEntry(f"{parent.name}-v{i}", v.psf, {**parent.meta, "parent": parent.name, "variant": v.params.as_dict()})
-        for i, v in enumerate(found, start=1)
+        PSFEntry(f"{parent.name}-v{i}", render(p), {**parent.meta, "parent": parent.name, "variant": p.as_dict()})
+        for i, p in enumerate(params, start=1)
     ]
 
 
 def build_psf_bank(psf_params: PSFParams, seed: int, base_dir: Path) -> list[PSFEntry]:
-    """Simulate / load every configured PSF and its affine variants.
+    """Simulate / load every configured PSF and its affine variants (see the module docstring).
 
     Order: each display (then its variants ``<name>-v1`` ...), then each measured PSF (then
     its variants). Entry i of the config (displays first) draws its cell rotations and
@@ -130,11 +157,11 @@ def build_psf_bank(psf_params: PSFParams, seed: int, base_dir: Path) -> list[PSF
         cell_ss, variant_ss = np.random.SeedSequence([seed, index]).spawn(2)
         if isinstance(item, DisplayParams):
             cell_seed = int(cell_ss.generate_state(1)[0])
-            entry = _display_entry(item, pp, optics, cell_seed, base_dir)
+            entry, render = _display_entry(item, pp, optics, cell_seed, base_dir)
         else:
-            entry = _measured_entry(item, pp, base_dir)
+            entry, render = _measured_entry(item, pp, base_dir)
         bank.append(entry)
-        bank.extend(_variants(entry, item.variants, pp.variant, np.random.default_rng(variant_ss)))
+        bank.extend(_variants(entry, render, item.variants, pp.variant, np.random.default_rng(variant_ss)))
     names = [e.name for e in bank]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -2,7 +2,13 @@
 
 DISCNet (Feng et al., CVPR 2021, arXiv 2104.09556) measured one ZTE Axon 20 PSF and made
 eight more by affine warps (rotations within +-12 degrees); :func:`sample_variants` does the
-same for any PSF, measured or simulated.
+same for a measured PSF. Simulated PSFs get their variants in the optics instead
+(``simulate_psf(rotation_deg=, shift_px=, scale=)``): their central lobe is about one pixel
+wide, too undersampled to warp as an image.
+
+Warps interpolate bilinearly by default: the weights are non-negative, so a warped PSF has
+no negative lobes and no ringing around a sharp peak (a cubic spline overshoots there and,
+once clipped, leaves a checkerboard). The price is a slight blur of sub-pixel detail.
 """
 
 from __future__ import annotations
@@ -148,20 +154,22 @@ def affine_variant(
     angle_deg: float,
     shift_px: tuple[float, float] = (0.0, 0.0),
     scale: float = 1.0,
-    order: int = 3,
+    order: int = 1,
 ) -> np.ndarray:
     """Rotate about the array centre ((H - 1) / 2, (W - 1) / 2), scale, then shift a PSF.
 
     Output pixel o samples the input at c + A^-1 (o - c - shift) with A = scale * R(angle),
-    via ``scipy.ndimage.affine_transform`` (spline ``order``, zeros outside); negative
-    spline overshoot is clipped and each channel renormalised to sum 1.
+    via ``scipy.ndimage.affine_transform`` (spline ``order``, zeros outside), and each
+    channel is renormalised to sum 1. ``order=1`` (bilinear, the default) is a convex
+    combination of input pixels: non-negative, no ringing. ``order=3`` is sharper on smooth,
+    well-sampled PSFs but overshoots around a narrow peak; its negative lobes are clipped.
 
     Args:
         psf: (H, W, 3) PSF.
         angle_deg: counter-clockwise rotation as displayed (90 equals ``np.rot90``).
         shift_px: (rows, cols) translation in pixels.
         scale: isotropic magnification (> 0).
-        order: spline order, 1 (linear) or 3 (cubic).
+        order: spline order, 1 (bilinear, default) or 3 (cubic).
 
     Returns:
         (H, W, 3) float32, each channel summing to 1.
@@ -209,8 +217,10 @@ def sample_variants(
     max_rotation_deg: float = 12.0,
     max_shift_px: float = 1.0,
     max_scale: float = 0.03,
+    order: int = 1,
 ) -> list[Variant]:
-    """``count`` random affine variants of ``psf`` (see :func:`sample_affine_params`).
+    """``count`` random affine variants of ``psf`` (see :func:`sample_affine_params`), warped
+    with :func:`affine_variant` (spline ``order``, bilinear by default).
 
     Returns:
         list of :class:`Variant` (psf (H, W, 3) float32 normalised per channel, params).
@@ -219,5 +229,6 @@ def sample_variants(
         count, rng, max_rotation_deg=max_rotation_deg, max_shift_px=max_shift_px, max_scale=max_scale
     )
     return [
-        Variant(affine_variant(psf, angle_deg=p.angle_deg, shift_px=p.shift_px, scale=p.scale), p) for p in params
+        Variant(affine_variant(psf, angle_deg=p.angle_deg, shift_px=p.shift_px, scale=p.scale, order=order), p)
+        for p in params
     ]

@@ -1,0 +1,296 @@
+"""The small base every attack builds on: reference, mask, counting, result.
+
+Threat model (design.md, section 3): the attacker perturbs the degraded, tone-mapped input
+y in [0, 1] (NCHW float) by delta, y + delta clipped to [0, 1], and maximises
+d(f(y + delta), r), where r is the restorer's output on the clean input
+(``reference="clean_output"``, default) or the ground truth (``reference="gt"``), and d is
+an objective from :mod:`udcguard.attacks.objectives`. Budgets (eps, step) are in the same
+[0, 1] space (the paper's levels 1, 2, 4, 8 / 256 are ``eps = k / 256``).
+
+The model is injected as a callable ``model_fn(x) -> Tensor`` (side inputs such as PSF
+codes live inside the closure and are not attacked). Attacks call it in whatever mode it is
+in (the caller sets ``eval()``), take gradients with respect to the input only
+(``torch.autograd.grad``: the model's ``.grad`` fields are never touched) and count every
+call: ``queries`` forward calls, ``grads`` backward passes. Nothing here reads the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from udcguard.attacks.objectives import OBJECTIVES, Objective
+from udcguard.errors import UdcGuardError, UnknownNameError
+from udcguard.registry import Registry
+
+ModelFn = Callable[[Tensor], Tensor]
+
+#: Valid values of ``reference``.
+REFERENCES = ("clean_output", "gt")
+
+
+class AttackArgumentError(UdcGuardError, ValueError):
+    """An attack argument or input is invalid (a ValueError the CLI reports on one line)."""
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns; every tensor is detached.
+
+    Shape:
+        - x_adv: (B, C, H, W), same dtype and device as the input, in [0, 1].
+        - objective: (B,) d(f(x_adv), r), the distortion of the returned images.
+        - objective_clean: (B,) d(f(x), r); exactly 0 for ``reference="clean_output"``.
+        - linf, l2: (B,) norms of x_adv - x over (C, H, W).
+        - queries: forward calls of ``model_fn`` in this call (reference included).
+        - grads: backward passes (gradients with respect to the input) in this call.
+    """
+
+    x_adv: Tensor
+    objective: Tensor
+    objective_clean: Tensor
+    linf: Tensor
+    l2: Tensor
+    queries: int
+    grads: int
+
+
+class Perturbation(NamedTuple):
+    """What :meth:`Attack.perturb` hands back to :meth:`Attack.__call__`."""
+
+    x_adv: Tensor  # (B, C, H, W)
+    objective: Tensor  # (B,) d(f(x_adv), r)
+    objective_clean: Tensor | None = (
+        None  # (B,) d(f(x), r) if it was computed on the way
+    )
+
+
+class Calls:
+    """Counted access to the model and the objective for one attack call."""
+
+    def __init__(self, model_fn: ModelFn, objective: Objective) -> None:
+        self._model_fn = model_fn
+        self._objective = objective
+        self.queries = 0
+        self.grads = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        """f(x); one query. Runs under the caller's grad mode."""
+        self.queries += 1
+        return self._model_fn(x)
+
+    def value(self, x: Tensor, r: Tensor) -> Tensor:
+        """d(f(x), r), (B,), without a graph; one query."""
+        with torch.no_grad():
+            return self._objective(self.forward(x), r)
+
+    def value_and_grad(self, x: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+        """(d(f(x), r) (B,), its gradient w.r.t. x (B, C, H, W)); one query, one backward.
+
+        The images are independent: the gradient of the batch sum is each image's own.
+        """
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            value = self._objective(self.forward(x), r)  # (B,)
+            (grad,) = torch.autograd.grad(value.sum(), x)
+        self.grads += 1
+        return value.detach(), grad
+
+
+class BestIterate:
+    """Keeps, per image, the iterate with the highest objective seen so far (ties: earliest)."""
+
+    def __init__(self) -> None:
+        self.x: Tensor | None = None
+        self.value: Tensor | None = None
+
+    def update(self, x: Tensor, value: Tensor) -> None:
+        if self.x is None or self.value is None:
+            self.x, self.value = x, value
+            return
+        better = value > self.value  # (B,); NaN never wins
+        self.x = torch.where(better.view(-1, *([1] * (x.ndim - 1))), x, self.x)
+        self.value = torch.where(better, value, self.value)
+
+    def result(self) -> Perturbation:
+        if self.x is None or self.value is None:
+            raise RuntimeError("BestIterate.result() before any update()")
+        return Perturbation(self.x, self.value)
+
+
+# ---------------------------------------------------------------- helpers for attacks
+def check_eps(eps: float, name: str = "eps") -> float:
+    """An L-inf budget in [0, 1] (the tone-mapped image space)."""
+    eps = float(eps)
+    if not 0.0 <= eps <= 1.0:  # also rejects NaN
+        raise AttackArgumentError(f"{name} must be in [0, 1] (image space), got {eps}")
+    return eps
+
+
+def check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise AttackArgumentError(f"steps must be an integer >= 1, got {steps!r}")
+    return int(steps)
+
+
+def uniform_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
+    """delta ~ U[-eps, eps] elementwise, (B, C, H, W); ``generator=None`` uses torch's."""
+    return torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+
+
+def project_linf(x_adv: Tensor, x: Tensor, eps: float, mask: Tensor | None) -> Tensor:
+    """Proj onto {|x_adv - x|_inf <= eps} then [0, 1]; delta is zeroed where mask == 0.
+
+    Same arithmetic as torchattacks' PGD: delta = clamp(x_adv - x, -eps, eps);
+    clamp(x + delta, 0, 1).
+    """
+    delta = torch.clamp(x_adv - x, min=-eps, max=eps)
+    if mask is not None:
+        delta = delta * mask
+    return torch.clamp(x + delta, min=0.0, max=1.0)
+
+
+# ---------------------------------------------------------------- the base class
+class Attack:
+    """Base of the attacks: validates inputs, computes r, counts calls, builds the result.
+
+    Args:
+        model_fn: ``f(x) -> Tensor``, the restorer (or, in tests, a classifier).
+        objective: name in ``OBJECTIVES`` ("mse" default, "l1"; "ce" for classifiers).
+        reference: "clean_output" (r = f(x), computed under no_grad) or "gt" (r = the
+            ``gt`` passed to the call; labels for "ce").
+
+    Subclasses implement :meth:`perturb`.
+    """
+
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        *,
+        objective: str = "mse",
+        reference: str = "clean_output",
+    ) -> None:
+        if not callable(model_fn):
+            raise AttackArgumentError(
+                f"model_fn must be callable, got {type(model_fn).__name__}"
+            )
+        try:
+            self._objective_fn = OBJECTIVES.get(objective)
+        except UnknownNameError as e:
+            raise AttackArgumentError(str(e)) from None
+        if reference not in REFERENCES:
+            raise AttackArgumentError(
+                f"unknown reference {reference!r}; valid: {', '.join(REFERENCES)}"
+            )
+        self.model_fn = model_fn
+        self.objective = objective
+        self.reference = reference
+
+    def perturb(
+        self,
+        x: Tensor,
+        r: Tensor,
+        *,
+        mask: Tensor | None,
+        generator: torch.Generator | None,
+        calls: Calls,
+    ) -> Perturbation:
+        """Find x_adv for a validated, detached x (B, C, H, W); mask is float 0/1 or None."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        x: Tensor,
+        *,
+        gt: Tensor | None = None,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> AttackResult:
+        """Attack the batch x (B, C, H, W) in [0, 1]; x itself is never modified.
+
+        Args:
+            gt: ground truth (B, C, H, W) (labels (B,) for "ce"); required iff
+                ``reference="gt"``.
+            mask: (B or 1, 1 or C, H, W); delta is kept where mask != 0 and is exactly 0
+                elsewhere. None: the whole image.
+            generator: source of randomness (random starts); None uses torch's default.
+        """
+        x = self._check_input(x)
+        mask_f = self._check_mask(mask, x)
+        calls = Calls(self.model_fn, self._objective_fn)
+        if self.reference == "gt":
+            if gt is None:
+                raise AttackArgumentError(
+                    "reference='gt' needs gt=... (the ground truth)"
+                )
+            if gt.shape[:1] != x.shape[:1]:
+                raise AttackArgumentError(
+                    f"gt batch size {gt.shape[0] if gt.ndim else None} != x batch size "
+                    f"{x.shape[0]}"
+                )
+            r = gt.detach()
+        else:
+            with torch.no_grad():
+                r = calls.forward(x).detach()
+        out = self.perturb(x, r, mask=mask_f, generator=generator, calls=calls)
+        x_adv = out.x_adv.detach()
+        if self.reference == "clean_output":
+            obj_clean = torch.zeros_like(out.objective)
+        elif out.objective_clean is not None:
+            obj_clean = out.objective_clean
+        else:
+            obj_clean = calls.value(x, r)
+        delta = (x_adv - x).flatten(1)  # (B, C*H*W)
+        return AttackResult(
+            x_adv=x_adv,
+            objective=out.objective.detach(),
+            objective_clean=obj_clean.detach(),
+            linf=delta.abs().amax(1),
+            l2=torch.linalg.vector_norm(delta, dim=1),
+            queries=calls.queries,
+            grads=calls.grads,
+        )
+
+    # ------------------------------------------------------------ validation
+    @staticmethod
+    def _check_input(x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
+            desc = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise AttackArgumentError(
+                f"x must be a float tensor (B, C, H, W), got {desc}"
+            )
+        if x.numel() == 0:
+            raise AttackArgumentError(f"x is empty: {tuple(x.shape)}")
+        lo, hi = torch.aminmax(x.detach())
+        if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
+            raise AttackArgumentError(
+                f"x must lie in [0, 1] (tone-mapped), got range [{lo.item()}, {hi.item()}]"
+            )
+        return x.detach()
+
+    @staticmethod
+    def _check_mask(mask: Tensor | None, x: Tensor) -> Tensor | None:
+        if mask is None:
+            return None
+        b, c, h, w = x.shape
+        ok = (
+            isinstance(mask, Tensor)
+            and mask.ndim == 4
+            and mask.shape[0] in (1, b)
+            and mask.shape[1] in (1, c)
+            and tuple(mask.shape[2:]) == (h, w)
+        )
+        if not ok:
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise AttackArgumentError(
+                f"mask must have shape ({b} or 1, {c} or 1, {h}, {w}), got {got}"
+            )
+        return (mask.detach() != 0).to(device=x.device, dtype=x.dtype)
+
+
+#: Attack classes by name ("pgd_linf", ...); see udcguard.attacks.
+ATTACKS: Registry[type[Attack]] = Registry("attack")

@@ -1,0 +1,55 @@
+"""Evaluation protocol (design.md section 4): per-image scores -> long-format table.
+
+Scores are computed in the tone-mapped domain between the restored output (clamped to
+[0, 1]) and the ground truth: PSNR and SSIM; and the deviation PSNR between the output on
+the attacked input and the output on the clean input (how far the attack moved the
+restorer, whatever the ground truth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from udcguard.metrics.image import psnr, ssim
+from udcguard.metrics.summary import summarize
+
+KEYS = ["restorer", "attack", "eps", "defence"]
+METRICS = ["psnr", "ssim", "dev_psnr", "input_psnr"]
+PSNR_CAP = 100.0
+
+
+def _cap(v: float) -> float:
+    return min(float(v), PSNR_CAP)
+
+
+def score_images(
+    output: Tensor, gt: Tensor, clean_output: Tensor, inputs: Tensor, ids: Sequence[str], **keys: Any
+) -> list[dict[str, Any]]:
+    """One record per image: keys + psnr, ssim, dev_psnr (vs clean_output), input_psnr."""
+    p, s = psnr(output, gt), ssim(output, gt)
+    dev, inp = psnr(output, clean_output), psnr(inputs.clamp(0, 1), gt)
+    return [
+        {**keys, "id": i, "psnr": _cap(p[k]), "ssim": float(s[k]), "dev_psnr": _cap(dev[k]), "input_psnr": _cap(inp[k])}
+        for k, i in enumerate(ids)
+    ]
+
+
+def summary_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Long-format table: one row per (restorer, attack, eps, defence) with mean metrics."""
+    rows = summarize(records, by=KEYS, metrics=METRICS)
+    return sorted(rows, key=lambda r: (r["restorer"], r["attack"], float(r["eps"]), r["defence"]))
+
+
+def nested(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The table keyed restorer -> attack -> eps -> defence -> metric (DVC metrics form)."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        node = out.setdefault(r["restorer"], {}).setdefault(r["attack"], {})
+        leaf = node.setdefault(f"eps_{r['eps']:g}", {}).setdefault(r["defence"], {})
+        for m in METRICS:
+            if f"{m}_mean" in r:
+                leaf[m] = round(float(r[f"{m}_mean"]), 4)
+    return out

@@ -1,0 +1,215 @@
+"""DISCNet: Dynamic Skip Connection Network for UDC restoration, conditioned on the PSF.
+
+Feng, Li, Chen, Li, Loy and Gu, "Removing Diffraction Image Artifacts in Under-Display
+Camera via Dynamic Skip Connection Network", CVPR 2021, arXiv 2104.09556;
+structure and layer sizes follow the authors' released code (github.com/jnjaby/DISCNet,
+``discnet_arch.py`` with ``options/train/DISCNet_train.yml``: nf 32, 3 scales,
+multi_scale true, kernel_cond img-psf, psf_nc 5, kpn_sz 5).
+
+Mechanism:
+    1. Image encoder: 3 scales (1, 1/2, 1/4) of width nf, 2 nf, 4 nf; each scale is a 3x3 conv
+       (stride 2 from the second scale on) + LeakyReLU(0.2) and ``num_blocks`` residual blocks.
+    2. Condition encoder: same structure; its input is the kernel code expanded spatially,
+       (B, d) -> (B, d, H, W), concatenated with the degraded image: (B, d + 3, H, W).
+    3. Filter generator per scale: conv 3x3 + LeakyReLU, ``num_blocks`` residual blocks and a
+       1x1 conv giving k * k weights per pixel and per channel, (B, C_i * k * k, H_i, W_i):
+       spatially varying, depthwise dynamic filters. Its input is the concatenation of image
+       and condition features (``filter_input="image+cond"``) or, as in the released code,
+       the condition features alone (``filter_input="cond"``).
+    4. Dynamic convolution of each scale's encoder features with these filters (unfold
+       gather, replicate padding); the results are the skip connections ("dynamic skips").
+    5. Decoder: pixel-shuffle upsampling (conv to 4 C + PixelShuffle(2) + LeakyReLU), added
+       to the dynamic skip of that scale, residual blocks; a final 3x3 conv gives the
+       residual added to the input. (The released code also applies LeakyReLU to that last
+       conv, squashing negative residuals; we leave it linear.)
+
+Sizes (d = 5; ``num_parameters``):
+    tiny:  nf 6,  1 block,  k 3, image+cond ->    85,539 parameters
+    small: nf 12, 1 block,  k 3, image+cond ->   338,907 parameters
+    paper: nf 32, 2 blocks, k 5, cond      -> 3,804,611 parameters; the released model has
+           3,804,617 (its filter generators carry two 1-parameter PReLUs each, here
+           LeakyReLU / linear): the 3.80 M quoted for DISCNet.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from udcguard.models.base import RESTORERS, Restorer
+
+FILTER_INPUTS = ("image+cond", "cond")
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+class ResBlock(nn.Module):
+    """conv 3x3 -> LeakyReLU -> conv 3x3, plus identity; convs start at 0.1 x Kaiming (as released).
+
+    Shape: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = _act()
+        for conv in (self.conv1, self.conv2):
+            nn.init.kaiming_normal_(conv.weight)
+            conv.weight.data.mul_(0.1)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.act(self.conv1(x)))
+
+
+def _stage(in_ch: int, out_ch: int, num_blocks: int, stride: int) -> nn.Sequential:
+    """conv 3x3 (stride) + LeakyReLU, then residual blocks. (B, in, H, W) -> (B, out, H/s, W/s)."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1),
+        _act(),
+        *(ResBlock(out_ch) for _ in range(num_blocks)),
+    )
+
+
+class Encoder(nn.Module):
+    """Three-scale encoder; returns features at 1, 1/2, 1/4 resolution.
+
+    Shape: (B, C_in, H, W) -> [(B, nf, H, W), (B, 2 nf, H/2, W/2), (B, 4 nf, H/4, W/4)].
+    """
+
+    def __init__(self, in_ch: int, widths: list[int], num_blocks: int) -> None:
+        super().__init__()
+        ins = [in_ch, *widths[:-1]]
+        self.stages = nn.ModuleList(
+            _stage(i, o, num_blocks, stride=1 if s == 0 else 2) for s, (i, o) in enumerate(zip(ins, widths, strict=True))
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+def dynamic_conv(feat: torch.Tensor, filters: torch.Tensor, k: int) -> torch.Tensor:
+    """Spatially varying depthwise convolution (per-pixel, per-channel k x k filters).
+
+    out[b, c, y, x] = sum_{i, j} filters[b, c * k * k + i * k + j, y, x]
+                                 * feat_pad[b, c, y + i, x + j]
+    with replicate padding of (k - 1) / 2 (a correlation, like nn.Conv2d).
+
+    Shape: feat (B, C, H, W), filters (B, C * k * k, H, W) -> (B, C, H, W).
+    """
+    b, c, h, w = feat.shape
+    p = (k - 1) // 2
+    padded = F.pad(feat, (p, p, p, p), mode="replicate")  # (B, C, H + 2p, W + 2p)
+    patches = F.unfold(padded, k).view(b, c, k * k, h, w)  # (B, C, k*k, H, W)
+    return (patches * filters.view(b, c, k * k, h, w)).sum(dim=2)  # (B, C, H, W)
+
+
+@RESTORERS.register("discnet")
+class DISCNet(Restorer):
+    """DISCNet (arXiv 2104.09556): PSF-code-conditioned dynamic skip connections.
+
+    Args:
+        channels: image channels C (3).
+        cond_dim: kernel code length d (PCA code of the PSF; 5 in the paper).
+        nf: width of the first scale; scales have nf, 2 nf, 4 nf channels (paper: 32).
+        num_blocks: residual blocks per encoder / decoder / filter-generator stage (paper: 2).
+        kernel_size: k of the k x k dynamic filters, odd (released code: 5).
+        filter_input: "image+cond" (filter generators see image and condition features) or
+            "cond" (condition features only, as in the released code).
+
+    Shape:
+        x: (B, C, H, W), cond: (B, d) -> (B, C, H, W). Inputs are padded to a multiple of 4.
+    """
+
+    multiple: int = 4
+    conditional: ClassVar[bool] = True
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"channels": 3, "nf": 6, "num_blocks": 1, "kernel_size": 3, "filter_input": "image+cond"},
+        "small": {"channels": 3, "nf": 12, "num_blocks": 1, "kernel_size": 3, "filter_input": "image+cond"},
+        "paper": {"channels": 3, "nf": 32, "num_blocks": 2, "kernel_size": 5, "filter_input": "cond"},
+    }
+
+    def __init__(
+        self,
+        *,
+        channels: int = 3,
+        cond_dim: int = 5,
+        nf: int = 32,
+        num_blocks: int = 2,
+        kernel_size: int = 5,
+        filter_input: str = "cond",
+    ) -> None:
+        super().__init__()
+        if filter_input not in FILTER_INPUTS:
+            raise ValueError(f"DISCNet filter_input must be one of {', '.join(FILTER_INPUTS)}, got {filter_input!r}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"DISCNet kernel_size must be odd and >= 1, got {kernel_size}")
+        if min(channels, cond_dim, nf) < 1 or num_blocks < 0:
+            raise ValueError("DISCNet needs channels, cond_dim, nf >= 1 and num_blocks >= 0")
+        self.config = {
+            "channels": channels,
+            "cond_dim": cond_dim,
+            "nf": nf,
+            "num_blocks": num_blocks,
+            "kernel_size": kernel_size,
+            "filter_input": filter_input,
+        }
+        self.cond_dim = cond_dim
+        self.k = kernel_size
+        self.filter_input = filter_input
+        widths = [nf, 2 * nf, 4 * nf]
+        self.encoder = Encoder(channels, widths, num_blocks)
+        self.cond_encoder = Encoder(channels + cond_dim, widths, num_blocks)
+        gen_in = 2 if filter_input == "image+cond" else 1
+        self.filter_gens = nn.ModuleList(
+            nn.Sequential(
+                _stage(gen_in * w, w, num_blocks, stride=1),
+                nn.Conv2d(w, w * kernel_size**2, 1),  # linear: filters may be negative
+            )
+            for w in widths
+        )
+        self.ups = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(widths[s + 1], 4 * widths[s], 3, padding=1), nn.PixelShuffle(2), _act())
+            for s in (1, 0)
+        )
+        self.decoders = nn.ModuleList(
+            nn.Sequential(*(ResBlock(widths[s]) for _ in range(num_blocks))) for s in (1, 0)
+        )
+        self.final = nn.Conv2d(nf, channels, 3, padding=1)
+
+    def dynamic_filters(
+        self, x: torch.Tensor, cond: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Image features and dynamic filters per scale for a padded input.
+
+        Shape: x (B, C, H, W) with H, W multiples of 4, cond (B, d) ->
+            features [(B, C_s, H_s, W_s)] and filters [(B, C_s * k * k, H_s, W_s)], s = 0, 1, 2.
+        """
+        b, _, h, w = x.shape
+        code_map = cond[:, :, None, None].expand(b, self.cond_dim, h, w)  # (B, d, H, W)
+        cond_feats = self.cond_encoder(torch.cat([code_map, x], dim=1))
+        img_feats = self.encoder(x)
+        filters = []
+        for gen, f_img, f_cond in zip(self.filter_gens, img_feats, cond_feats, strict=True):
+            inp = torch.cat([f_img, f_cond], dim=1) if self.filter_input == "image+cond" else f_cond
+            filters.append(gen(inp))  # (B, C_s * k * k, H_s, W_s)
+        return img_feats, filters
+
+    def _forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        assert cond is not None  # checked by Restorer.forward
+        feats, filters = self.dynamic_filters(x, cond)
+        skips = [dynamic_conv(f, g, self.k) for f, g in zip(feats, filters, strict=True)]
+        h = skips[2]  # (B, 4 nf, H/4, W/4): the bottleneck is filtered too
+        for up, dec, skip in zip(self.ups, self.decoders, (skips[1], skips[0]), strict=True):
+            h = dec(up(h) + skip)  # (B, 2 nf, H/2, W/2), then (B, nf, H, W)
+        return self.final(h)  # (B, C, H, W) residual

@@ -1,0 +1,126 @@
+"""Every stage end to end on tiny sizes under a Prefect test server (pipeline flow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import TINY
+from udcguard.config import params_from_dict
+
+
+def _write_params(tmp: Path, params: dict) -> Path:
+    params_from_dict(params)
+    f = tmp / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    return f
+
+
+@pytest.fixture(scope="module")
+def run_dir(prefect_harness, tmp_path_factory) -> Path:
+    from flows.pipeline import pipeline
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    pfile = _write_params(tmp, TINY)
+    pipeline(params_path=str(pfile), data_dir=str(tmp / "data"), reports_dir=str(tmp / "reports"))
+    return tmp
+
+
+def test_models_and_purifier_written(run_dir: Path) -> None:
+    from diffusers import UNet2DModel
+
+    for name in ("unet", "discnet"):
+        for d in ("models", "finetuned"):
+            assert (run_dir / "data" / d / name / "model.safetensors").exists()
+            spec = json.loads((run_dir / "data" / d / name / "spec.json").read_text())
+            assert spec["arch"] == name and spec["size"] == "tiny"
+    unet = UNet2DModel.from_pretrained(run_dir / "data" / "purifier" / "unet", local_files_only=True)
+    assert unet.config.in_channels == 3
+
+
+def test_adversarial_sets_respect_budget(run_dir: Path) -> None:
+    from udcguard.io.datasets import load_inputs
+
+    clean, ids, _ = load_inputs(run_dir / "data" / "attacks" / "unet" / "clean")
+    for eps in (2, 8):
+        adv, ids2, extra = load_inputs(run_dir / "data" / "attacks" / "unet" / f"eps_{eps}")
+        assert list(ids2) == list(ids) and extra["eps"] == eps
+        assert (adv - clean).abs().max() <= eps / 256 + 1e-6
+        assert adv.min() >= 0 and adv.max() <= 1
+        assert (adv - clean).abs().max() > 0.5 * eps / 256
+        pur, ids3, pextra = load_inputs(run_dir / "data" / "purified" / "unet" / f"eps_{eps}")
+        assert list(ids3) == list(ids) and pextra["t_star"] == 5 and pur.shape == adv.shape
+    records = json.loads((run_dir / "data" / "attacks" / "unet" / "records.json").read_text())
+    assert all(r["objective"] >= r["objective_clean"] for r in records)
+
+
+def test_metrics_table_and_report(run_dir: Path) -> None:
+    rows = list(csv.DictReader((run_dir / "reports" / "metrics.csv").open()))
+    keys = {(r["restorer"], r["attack"], float(r["eps"]), r["defence"]) for r in rows}
+    assert len(keys) == len(rows) == 2 * 3 * 3  # restorers x (clean + 2 levels) x defences
+    nested = json.loads((run_dir / "reports" / "metrics.json").read_text())
+    assert set(nested) == {"unet", "discnet"}
+    assert set(nested["unet"]["pgd_linf"]) == {"eps_2", "eps_8"}
+    per_image = list(csv.DictReader((run_dir / "reports" / "per_image.csv").open()))
+    assert len(per_image) == len(rows) * 2  # two test images
+    html = (run_dir / "reports" / "index.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6 and "purify+finetune" in html
+    curve = list(csv.DictReader((run_dir / "reports" / "plots" / "psnr_vs_eps.csv").open()))
+    assert {float(r["eps"]) for r in curve} == {0.0, 2.0, 8.0}
+
+
+def test_metrics_match_scikit_image(run_dir: Path) -> None:
+    """The table's PSNR/SSIM for the undefended clean row equal scikit-image on the same arrays."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from tasks.train import load_restorer
+    from udcguard.io.datasets import load_split
+    from udcguard.train.restorer import predict
+
+    pairs = load_split(run_dir / "data" / "udc" / "test", psf_dir=run_dir / "data" / "psf", max_items=3)
+    model = load_restorer(run_dir / "data" / "models" / "discnet", torch.device("cpu"))
+    out = predict(model, pairs.lq, pairs.cond).numpy().transpose(0, 2, 3, 1)
+    gt = pairs.gt.numpy().transpose(0, 2, 3, 1)
+    ref_p = [peak_signal_noise_ratio(g.astype(np.float64), o.astype(np.float64), data_range=1.0) for g, o in zip(gt, out)]
+    ref_s = [structural_similarity(g, o, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                   use_sample_covariance=False) for g, o in zip(gt, out)]
+    rows = [r for r in csv.DictReader((run_dir / "reports" / "per_image.csv").open())
+            if r["restorer"] == "discnet" and r["attack"] == "none" and r["defence"] == "none"]
+    assert len(rows) == len(ref_p)
+    np.testing.assert_allclose([float(r["psnr"]) for r in rows], ref_p, atol=1e-3)
+    np.testing.assert_allclose([float(r["ssim"]) for r in rows], ref_s, atol=1e-3)
+
+
+def test_mlflow_parent_nested_runs_and_registry(run_dir: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("tests")
+    runs = client.search_runs([exp.experiment_id], max_results=500)
+    parents = [r for r in runs if r.data.tags.get("udcguard.kind") == "pipeline"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in {p.info.run_id for p in parents}]
+    stages = {r.data.tags["udcguard.stage"] for r in children}
+    assert {"synthesize", "train_restorer", "train_purifier", "attack", "purify", "finetune", "evaluate", "report"} <= stages
+    trained = [r for r in children if r.data.tags["udcguard.stage"] == "train_restorer"]
+    assert {r.data.tags["restorer"] for r in trained} >= {"unet", "discnet"}
+    assert all("train_loss" in client.get_metric_history(r.info.run_id, "train_loss")[0].key for r in trained)
+    versions = client.search_model_versions("name = 'udcguard-discnet-finetuned'")
+    assert versions and int(versions[0].version) >= 1
+
+
+def test_evaluate_user_pairs(run_dir: Path, tmp_path: Path) -> None:
+    """`evaluate --pairs DIR` scores a folder in the data contract's format."""
+    from flows.evaluate import evaluate_flow
+
+    out = tmp_path / "eval"
+    evaluate_flow(params_path=str(run_dir / "params.yaml"), data_dir=str(run_dir / "data"),
+                  pairs=str(run_dir / "data" / "udc" / "val"), out=str(out))
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {r["defence"] for r in rows} == {"none", "purify", "purify+finetune"}
+    assert {r["restorer"] for r in rows} == {"unet", "discnet"}

@@ -1,0 +1,97 @@
+"""The generic training loop: convergence, exact resume, cosine schedule, callbacks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from udcguard.io.checkpoints import load_train_state, save_train_state
+from udcguard.train.loop import fit
+
+W_TRUE = torch.tensor([[1.5, -2.0, 0.5]])
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 16), nn.Dropout(0.1), nn.Tanh(), nn.Linear(16, 1))
+
+
+def _sample(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(32, 3, generator=g)  # (B, 3)
+    return x, x @ W_TRUE.T + 0.01 * torch.randn(32, 1, generator=g)  # (B, 1)
+
+
+def _loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_loss_decreases_and_callbacks() -> None:
+    model, calls = _model(), []
+    hist = fit(model, _loss, _sample, steps=60, lr=1e-2, lr_min=1e-4, seed=1, grad_clip=1.0,
+               on_step=lambda step, m: calls.append((step, m)))
+    assert [c[0] for c in calls] == list(range(1, 61)) and len(hist["loss"]) == 60
+    assert calls[-1][1] == {"loss": hist["loss"][-1], "lr": hist["lr"][-1]}
+    assert sum(hist["loss"][-10:]) < 0.2 * sum(hist["loss"][:10])
+    assert not model.training
+
+
+def test_cosine_schedule_reaches_lr_min() -> None:
+    states: list[dict[str, Any]] = []
+    hist = fit(_model(), _loss, _sample, steps=20, lr=1e-2, lr_min=1e-4, checkpoint_every=100,
+               on_checkpoint=states.append)
+    lrs = hist["lr"]
+    assert lrs[0] == pytest.approx(1e-2) and all(a >= b for a, b in itertools.pairwise(lrs))
+    assert lrs[10] == pytest.approx(1e-4 + (1e-2 - 1e-4) * (1 + math.cos(math.pi / 2)) / 2)
+    assert [s["step"] for s in states] == [20]  # a final checkpoint even when 20 % 100 != 0
+    assert states[0]["scheduler"]["_last_lr"][0] == pytest.approx(1e-4)  # lr after the last step
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path: Path) -> None:
+    kw: dict[str, Any] = {"steps": 20, "lr": 1e-2, "lr_min": 1e-4, "weight_decay": 1e-4, "grad_clip": 1.0, "seed": 7}
+    full = _model()
+    hist_full = fit(full, _loss, _sample, **kw)
+
+    ckpt = tmp_path / "train_state.pt"
+
+    def save_and_die(state: dict[str, Any]) -> None:
+        save_train_state(ckpt, state)
+        if state["step"] == 10:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(_model(), _loss, _sample, checkpoint_every=5, on_checkpoint=save_and_die, **kw)
+    state = load_train_state(ckpt)
+    assert state is not None and state["step"] == 10
+
+    resumed, steps_seen = _model(seed=123), []  # a fresh process: other init, other RNG
+    torch.manual_seed(999)
+    hist = fit(resumed, _loss, _sample, resume=state, on_step=lambda s, m: steps_seen.append(s), **kw)
+    assert steps_seen == list(range(11, 21))
+    assert hist == hist_full
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_fit_leaves_global_rng_alone_and_rejects_bad_resume() -> None:
+    model, states = _model(), []
+    torch.manual_seed(42)
+    fit(model, _loss, _sample, steps=4, lr=1e-2, checkpoint_every=2, on_checkpoint=states.append)
+    after = torch.rand(1)
+    torch.manual_seed(42)
+    assert torch.equal(torch.rand(1), after)  # dropout drew from a forked, restored RNG
+    assert [s["step"] for s in states] == [2, 4]
+    with pytest.raises(ValueError, match="4-step run"):
+        fit(_model(), _loss, _sample, steps=8, lr=1e-2, resume=states[0])
+    with pytest.raises(ValueError, match="on_checkpoint"):
+        fit(_model(), _loss, _sample, steps=4, lr=1e-2, checkpoint_every=2)
