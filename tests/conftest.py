@@ -16,9 +16,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-import copy
+import copy  # noqa: E402
 
-import pytest
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
