@@ -28,6 +28,8 @@ def evaluate_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | 
         run.log_metrics(info)
         for f in ("metrics.json", "metrics.csv", "per_image.csv"):
             run.log_artifact(Path(reports_dir) / f, "reports")
+        for r in params.restorers:
+            run.log_image(Path(reports_dir) / "examples" / f"{r.name}.png", f"examples/{r.name}.png")
     return reports_dir
 
 

@@ -124,3 +124,48 @@ def test_evaluate_user_pairs(run_dir: Path, tmp_path: Path) -> None:
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert {r["defence"] for r in rows} == {"none", "purify", "purify+finetune"}
     assert {r["restorer"] for r in rows} == {"unet", "discnet"}
+
+
+def test_killed_training_resumes_to_the_same_weights(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Kill train_restorer after its first checkpoint; the rerun resumes and ends bit-identical."""
+    import shutil
+
+    import tasks.train as tt
+    from flows.train import train_restorer_flow
+
+    data = tmp_path / "data"
+    for d in ("psf", "udc"):
+        shutil.copytree(run_dir / "data" / d, data / d)
+    real = tt.save_train_state
+    saved = []
+
+    def save_then_die(path, state):
+        real(path, state)
+        saved.append(state["step"])
+        raise KeyboardInterrupt("killed after checkpoint")
+
+    monkeypatch.setattr(tt, "save_train_state", save_then_die)
+    with pytest.raises(BaseException, match="killed"):
+        train_restorer_flow("discnet", params_path=str(run_dir / "params.yaml"), data_dir=str(data))
+    monkeypatch.undo()
+    assert saved == [3] and (data / ".ckpt" / "train-discnet.pt").exists()
+    assert not (data / "models" / "discnet").exists()
+    train_restorer_flow("discnet", params_path=str(run_dir / "params.yaml"), data_dir=str(data))
+    a = (data / "models" / "discnet" / "model.safetensors").read_bytes()
+    b = (run_dir / "data" / "models" / "discnet" / "model.safetensors").read_bytes()
+    assert a == b
+    assert not (data / ".ckpt" / "train-discnet.pt").exists()
+
+
+def test_external_diffusers_unet_folder_as_purifier(run_dir: Path, tmp_path: Path) -> None:
+    """purifier.unet_path: any local diffusers-format UNet folder is adopted instead of training."""
+    from flows.train import train_purifier_flow
+    from udcguard.io.purifier_store import load_purifier
+
+    data = tmp_path / "data"
+    train_purifier_flow(params_path=str(run_dir / "params.yaml"), data_dir=str(data),
+                        overrides={"purifier.unet_path": str(run_dir / "data" / "purifier" / "unet")})
+    x = torch.rand(1, 3, 32, 32)
+    a = load_purifier(data / "purifier").purify(x, t_star=3, seeds=[1])
+    b = load_purifier(run_dir / "data" / "purifier").purify(x, t_star=3, seeds=[1])
+    torch.testing.assert_close(a, b)
