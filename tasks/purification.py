@@ -48,7 +48,8 @@ def train_purifier(params: Params, data_dir: str, out_dir: str, fp: str, run_id:
 
     def loss_fn(model, batch):
         x0, seed = batch
-        return diffusion_loss(model, scheduler, x0.to(device), torch.Generator().manual_seed(seed))
+        return diffusion_loss(model, scheduler, x0.to(device), torch.Generator().manual_seed(seed),
+                              max_timestep=p.max_timestep)
 
     history = _fit_with_resume(
         unet, loss_fn, sample, steps=p.steps, lr=p.lr, lr_min=p.lr_min, seed=p.seed, device=device,

@@ -46,12 +46,15 @@ def test_typo_names_key_path(tiny: dict) -> None:
     ("path", "value", "pattern"),
     [
         ("psf.optics.aperture_mm", -1.0, r"psf\.optics\.aperture_mm: Input should be greater than"),
-        ("psf.kernel_size", 64, r"psf\.kernel_size: Value error, must be odd"),
+        ("psf.kernel_size", 64, r"psf\.kernel_size: must be odd"),
         ("psf.displays.0.opaque_transmission", 1.5, r"psf\.displays\.0\.opaque_transmission: Input should be less"),
         ("psf.optics.wavelengths_nm", [[610], [530], [50]], r"psf\.optics\.wavelengths_nm\.2\.0: Input should be greater"),
         ("dataset.crop_px", 2, r"dataset\.crop_px: Input should be greater than or equal to 8"),
-        ("dataset.train.scene_fraction", 0.9, r"dataset: Value error, train/val/test scene_fraction must sum to 1"),
+        ("dataset.train.scene_fraction", 0.9, r"dataset: train/val/test scene_fraction must sum to 1"),
         ("seed", -1, r"seed: Input should be greater than or equal to 0"),
+        ("purify.t_star", 300, r"^params\.yaml: purify\.t_star=300 exceeds the purifier's trained range"),
+        ("attack.random_start", False, r"attack: random_start false with reference clean_output"),
+        ("train.crop_px", 64, r"train\.crop_px=64 exceeds dataset\.crop_px=32"),
     ],
 )
 def test_out_of_range_values(tiny: dict, path: str, value: object, pattern: str) -> None:

@@ -278,6 +278,9 @@ class PurifierParams(Frozen):
     unet: Size = "small"
     unet_path: Path | None = Field(None, description="use this diffusers UNet folder instead of training")
     num_train_timesteps: int = Field(1000, ge=10, le=10_000)
+    max_timestep: int | None = Field(
+        None, ge=0, description="train only t <= this (purification never goes beyond its t*); None: all"
+    )
     steps: int = Field(2000, ge=1, le=10_000_000)
     batch_size: int = Field(16, ge=1, le=4096)
     crop_px: int = Field(64, ge=8, le=4096)
@@ -412,6 +415,11 @@ class Params(Frozen):
         names = [r.name for r in self.restorers]
         if len(set(names)) != len(names):
             raise ValueError("restorers: names must be unique")
+        top = self.purifier.max_timestep if self.purifier.max_timestep is not None else self.purifier.num_train_timesteps - 1
+        for where, t in [("purify.t_star", self.purify.t_star)] + [("finetune.t_stars", t) for t in self.finetune.t_stars]:
+            if t > top:
+                raise ValueError(f"{where}={t} exceeds the purifier's trained range (t <= {top}: purifier.max_timestep "
+                                 "/ num_train_timesteps)")
         for section in ("train", "finetune"):
             crop = getattr(self, section).crop_px
             if crop > self.dataset.crop_px:
@@ -430,12 +438,12 @@ class Params(Frozen):
 # --------------------------------------------------------------------------- loading
 def _format_error(source: str, err: ValidationError) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-    msg = e["msg"]
+    loc = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {loc}: {msg}{more}"
+    return f"{source}: {loc + ': ' if loc else ''}{msg}{more}"
 
 
 def params_from_dict(data: dict, source: str = "params") -> Params:

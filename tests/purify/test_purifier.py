@@ -233,3 +233,29 @@ def test_builders_and_presets() -> None:
     torch.testing.assert_close(to_model_space(from_model_space(z)), z.clamp(-1, 1))
     sched = make_scheduler()
     assert sched.config.clip_sample and sched.config.prediction_type == "epsilon"
+
+
+def test_max_timestep_restricts_training_noise_levels() -> None:
+    """With max_timestep, the loss only sees t <= max_timestep (checked via a recording UNet)."""
+    from udcguard.purify.diffusion import diffusion_loss, make_scheduler
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.config = type("C", (), {"block_out_channels": (8,)})()
+
+        def forward(self, z, t):
+            seen.append(t.clone())
+            return type("O", (), {"sample": z * self.w})()
+
+    sched = make_scheduler(1000)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        diffusion_loss(Recorder(), sched, torch.rand(8, 3, 8, 8), g, max_timestep=30)
+    ts = torch.cat(seen)
+    assert int(ts.max()) <= 30 and int(ts.min()) >= 0 and len(set(ts.tolist())) > 10
+    with pytest.raises(ValueError, match="max_timestep"):
+        diffusion_loss(Recorder(), sched, torch.rand(2, 3, 8, 8), g, max_timestep=1000)

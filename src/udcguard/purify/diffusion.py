@@ -150,13 +150,20 @@ def _divisor(unet: UNet2DModel) -> int:
 
 
 def diffusion_loss(
-    unet: UNet2DModel, scheduler: DDPMScheduler, x0: torch.Tensor, generator: torch.Generator
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    x0: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    max_timestep: int | None = None,
 ) -> torch.Tensor:
     """DDPM training loss (Ho et al. eq. 14): E_{t, eps} || eps - eps_theta(x_t, t) ||^2.
 
     Draws, in order, from ``generator`` on its own device and then moved to the model's
-    device: t ~ U{0, ..., T - 1} of shape (B,) (``torch.randint``), then eps ~ N(0, I) of
-    the shape of ``x0`` (``torch.randn``).
+    device: t ~ U{0, ..., T' - 1} of shape (B,) (``torch.randint``), then eps ~ N(0, I) of
+    the shape of ``x0`` (``torch.randn``). T' = T, or ``max_timestep + 1`` when given: a
+    purifier only ever runs the reverse chain from t* <= max_timestep, so its capacity can
+    be spent on those noise levels (the schedule itself is unchanged).
 
     Args:
         unet: epsilon-predicting model; its device and dtype are used.
@@ -174,6 +181,10 @@ def diffusion_loss(
     device, dtype = _model_place(unet)
     b = x0.shape[0]
     n_t = scheduler.config.num_train_timesteps
+    if max_timestep is not None:
+        if not 0 <= max_timestep < n_t:
+            raise ValueError(f"max_timestep={max_timestep} must lie in [0, {n_t - 1}]")
+        n_t = max_timestep + 1
     t = torch.randint(0, n_t, (b,), generator=generator, device=generator.device)
     eps = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=dtype)
     t, eps = t.to(device), eps.to(device)
