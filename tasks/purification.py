@@ -35,12 +35,17 @@ def train_purifier(params: Params, data_dir: str, out_dir: str, fp: str, run_id:
     """Train the DDPM UNet on tone-mapped degraded train inputs (or adopt ``unet_path``)."""
     paths, p = Paths(data_dir), params.purifier
     device = resolve_device(p.device)
+    scheduler = make_scheduler(p.num_train_timesteps)
     if p.unet_path is not None:
-        save_purifier(load_purifier(p.unet_path, device="cpu"), Path(out_dir))
+        adopted = load_purifier(p.unet_path, device="cpu")
+        if not (Path(p.unet_path) / "scheduler").is_dir():  # a bare UNet folder: use params' schedule
+            adopted = Purifier(adopted.unet, scheduler)
+        save_purifier(adopted, Path(out_dir))
         return {"source": str(p.unet_path)}
     pairs = load_split(paths.udc / "train", psf_dir=None)
-    unet = build_unet_preset(p.unet, sample_size=p.crop_px).to(device)
-    scheduler = make_scheduler(p.num_train_timesteps)
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
+        torch.manual_seed(p.seed)
+        unet = build_unet_preset(p.unet, sample_size=p.crop_px).to(device)
 
     def sample(g: torch.Generator):
         lq, _, _ = sample_batch(pairs, batch_size=p.batch_size, crop_px=p.crop_px, generator=g)

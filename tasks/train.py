@@ -63,8 +63,9 @@ def train_restorer(params: Params, name: str, data_dir: str, out_dir: str, fp: s
     device = resolve_device(t.device)
     pairs = load_split(paths.udc / "train", psf_dir=paths.psf)
     cond_dim = pairs.cond.shape[1] if pairs.cond is not None else 0
-    model = build_restorer(r.arch, size=r.size, cond_dim=cond_dim).to(device)
-    torch.manual_seed(t.seed)
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
+        torch.manual_seed(t.seed)
+        model = build_restorer(r.arch, size=r.size, cond_dim=cond_dim).to(device)
     sample = lambda g: sample_batch(pairs, batch_size=t.batch_size, crop_px=t.crop_px, generator=g)
     history = _fit_with_resume(
         model, restoration_loss(t.loss, device=device), sample, steps=t.steps, lr=t.lr, lr_min=t.lr_min,
