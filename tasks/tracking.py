@@ -36,7 +36,9 @@ def git_commit(cwd: str | Path = ".") -> tuple[str, bool]:
     """(commit hash or 'unknown', dirty?) of the working tree."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # only code counts: dvc.lock and the DVC metrics change as stages finish
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "tasks",
+                                "flows", "dvc.yaml", "pyproject.toml"],
                                cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
