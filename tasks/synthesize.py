@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from udcguard.config import Params
 from udcguard.degradation.dataset import build_scene_sources, check_scene, scene_pairs
 from udcguard.degradation.scenes import split_scenes
+from udcguard.degradation.formation import PSFKernel
 from udcguard.degradation.synth import plan_split
 from udcguard.io.atomic import save_json, save_npy, save_png
 from udcguard.io.manifest import MANIFEST_VERSION, load_manifest
@@ -64,7 +65,7 @@ def synthesize_split(params: Params, split: str, scenes: list[str], psf_dir: str
     """Write the pairs of one split and its manifest; resumes pair by pair after a kill."""
     out = Path(out_dir) / split
     names = json.loads((Path(psf_dir) / "codes.json").read_text())["names"]
-    psfs = [(n, np.load(Path(psf_dir) / f"{n}.npy")) for n in names]
+    psfs = [(n, PSFKernel(np.load(Path(psf_dir) / f"{n}.npy"))) for n in names]  # spectra cached per split
     sources = build_scene_sources(params.scenes, Path(base_dir))
     plans = plan_split(split, scenes, getattr(params.dataset, split).pairs_per_scene)
     todo = [p for p in plans if not (out / "records" / f"{p.id}.json").exists()]

@@ -74,3 +74,16 @@ def test_tonemap_and_inverse() -> None:
     np.testing.assert_allclose(mu_law(np.array([0.0, 500.0])), [0.0, 1.0])
     np.testing.assert_allclose(mu_law(torch.tensor([0.0, 500.0])).numpy(), [0.0, 1.0])
     assert to_uint8(np.array([0.0, 0.5, 1.0, 2.0])).tolist() == [0, 128, 255, 255]
+
+
+def test_psf_kernel_cache_gives_same_result_and_reuses_spectra() -> None:
+    from udcguard.degradation.formation import PSFKernel
+
+    rng = np.random.default_rng(5)
+    psf = _psf(15, rng)
+    kernel = PSFKernel(psf)
+    for _ in range(3):
+        scene = rng.random((40, 40, 3)) * 50
+        np.testing.assert_allclose(convolve_psf(scene, kernel), convolve_psf(scene, psf), atol=1e-12)
+    convolve_psf(rng.random((30, 41, 3)), kernel)
+    assert len(kernel._spectra) == 2  # one spectrum per canvas size, reused across scenes

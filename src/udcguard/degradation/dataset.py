@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from udcguard.config import DatasetParams, FormationParams, SceneParams
+from udcguard.degradation.formation import PSFKernel
 from udcguard.degradation.scenes import panorama_views, prepare_scene
 from udcguard.degradation.synth import PairPlan, scene_seed, synthesize_pair
 from udcguard.errors import ImageError
@@ -97,6 +98,7 @@ def scene_pairs(
     root = np.random.SeedSequence(entropy)
     prep_seq, *pair_seqs = root.spawn(1 + max(p.index for p in plans) + 1)
     views = scene_views(source, np.random.default_rng(prep_seq), scenes)
+    kernels = [(name, k if isinstance(k, PSFKernel) else PSFKernel(k)) for name, k in psfs]
     dtype = np.dtype(dataset.dtype)
     for plan in plans:
         if plan.scene != source.name:
@@ -111,7 +113,7 @@ def scene_pairs(
         rng = np.random.default_rng(pair_seqs[plan.index])
         gt, lq, rec = synthesize_pair(
             hdr,
-            psfs,
+            kernels,
             rng,
             crop_px=dataset.crop_px,
             clip_max=formation.clip_max,
