@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from udcguard.config import Params
 from udcguard.degradation.dataset import build_scene_sources, check_scene, scene_pairs
-from udcguard.degradation.scenes import split_scenes
 from udcguard.degradation.formation import PSFKernel
+from udcguard.degradation.scenes import split_scenes
 from udcguard.degradation.synth import plan_split
 from udcguard.io.atomic import save_json, save_npy, save_png
 from udcguard.io.manifest import MANIFEST_VERSION, load_manifest
