@@ -66,6 +66,17 @@ def save_png(path: str | Path, rgb: np.ndarray) -> str:
     return write_bytes(path, buf.getvalue())
 
 
+def read_json(path: str | Path, what: str, *, hint: str = "") -> Any:
+    """Parse a JSON file; a missing or unreadable file is a one-line error naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UdcGuardError(f"{path}: {what} not found{hint}") from None
+    except (OSError, ValueError) as err:
+        raise UdcGuardError(f"{path}: unreadable {what} ({err})") from None
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -16,7 +16,6 @@ naming the file.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from udcguard.errors import UdcGuardError
-from udcguard.io.atomic import save_json, write_bytes
+from udcguard.io.atomic import read_json, save_json, write_bytes
 
 MODEL_FILE = "model.safetensors"
 SPEC_FILE = "spec.json"
@@ -53,12 +52,7 @@ def load_state(dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     """Read a directory written by :func:`save_model`: ``(state_dict on CPU, spec)``."""
     dir = Path(dir)
     spec_path, model_path = dir / SPEC_FILE, dir / MODEL_FILE
-    try:
-        spec = json.loads(spec_path.read_text())
-    except FileNotFoundError:
-        raise UdcGuardError(f"{spec_path}: model spec not found (incomplete or missing model)") from None
-    except (OSError, ValueError) as err:
-        raise UdcGuardError(f"{spec_path}: unreadable model spec ({err})") from None
+    spec = read_json(spec_path, "model spec", hint=" (incomplete or missing model)")
     if not isinstance(spec, dict):
         raise UdcGuardError(f"{spec_path}: model spec is not a JSON object")
     return _read_safetensors(model_path), spec

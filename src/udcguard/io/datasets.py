@@ -27,7 +27,7 @@ import torch
 
 from udcguard.degradation.tonemap import tonemap
 from udcguard.errors import UdcGuardError
-from udcguard.io.atomic import save_json, save_npy
+from udcguard.io.atomic import read_json, save_json, save_npy
 from udcguard.io.manifest import load_manifest
 
 INPUTS_FILE = "inputs.npy"
@@ -197,12 +197,7 @@ def load_inputs(dir: str | Path, *, verify: bool = True) -> tuple[torch.Tensor, 
     """Read a set written by :func:`save_inputs`: ``(lq (N, 3, H, W), ids, extra)``."""
     dir = Path(dir)
     mpath, ipath = dir / INPUTS_MANIFEST, dir / INPUTS_FILE
-    try:
-        meta = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise UdcGuardError(f"{mpath}: input-set manifest not found") from None
-    except (OSError, ValueError) as err:
-        raise UdcGuardError(f"{mpath}: unreadable input-set manifest ({err})") from None
+    meta = read_json(mpath, "input-set manifest")
     if not isinstance(meta, dict) or not _RESERVED <= set(meta):
         raise UdcGuardError(f"{mpath}: expected a JSON object with keys {sorted(_RESERVED)}")
     arr = _read_array(ipath, meta["sha256"] if verify else None)

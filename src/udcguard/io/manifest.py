@@ -13,13 +13,13 @@ Paths inside are relative to the split directory. Later stages read it with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from udcguard.errors import UdcGuardError
+from udcguard.io.atomic import read_json
 
 MANIFEST_VERSION = 1
 
@@ -51,12 +51,7 @@ class Manifest(BaseModel):
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest; errors name the file."""
     path = Path(path)
-    try:
-        data: Any = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UdcGuardError(f"{path}: manifest not found (run the synthesize stage)") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise UdcGuardError(f"{path}: unreadable manifest ({err})") from None
+    data: Any = read_json(path, "manifest", hint=" (run the synthesize stage)")
     try:
         m = Manifest.model_validate(data)
     except ValidationError as err:
