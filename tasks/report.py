@@ -42,7 +42,7 @@ def write_report(params: Params, data_dir: str, reports_dir: str) -> str:
                 r[k] = float(v) if k not in ("restorer", "attack", "defence") else v
             except ValueError:
                 pass
-    cols = ["restorer", "attack", "eps", "defence", "psnr_mean", "ssim_mean", "dev_psnr_mean", "input_psnr_mean", "psnr_count"]
+    cols = ["restorer", "attack", "eps", "defence", "psnr_mean", "ssim_mean", "dev_psnr_mean", "input_psnr_mean", "count"]
     sections = [("Results (tone-mapped domain, mean over images)", table(rows, [c for c in cols if c in rows[0]]))]
     for r in params.restorers:
         mine = [x for x in rows if x["restorer"] == r.name]
