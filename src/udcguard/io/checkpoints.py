@@ -133,6 +133,65 @@ def load_external_state_dict(
     return _rename(obj, key_map, path)
 
 
+#: Top-level keys under which released checkpoints nest their weights, tried in order
+#: (BasicSR's EMA then plain weights, Lightning / generic trainers).
+NESTED_WEIGHT_KEYS = ("params_ema", "params", "state_dict", "model", "net", "network")
+
+
+def load_official_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
+    """Load a checkpoint in the authors' released format into ``model`` (strictly).
+
+    The weights may be a flat state_dict or nested under one of
+    :data:`NESTED_WEIGHT_KEYS`. Keys are renamed with ``model.official_key`` (a
+    :class:`~udcguard.models.Restorer` classmethod; identity when absent), then every key and
+    shape must match ``model.state_dict()`` exactly: an architecture or size mismatch is an
+    error naming the file and the first differing keys, and ``model`` is left untouched.
+
+    Returns the sorted list of loaded keys (ours).
+    """
+    path = Path(path)
+    subkey = _nested_key(path)
+    rename = getattr(model, "official_key", None)
+    state = load_external_state_dict(path, rename, subkey=subkey)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            k = shapes[0]
+            parts.append(
+                f"{len(shapes)} with other shapes (e.g. {k}: file {tuple(state[k].shape)}, "
+                f"model {tuple(own[k].shape)})"
+            )
+        raise UdcGuardError(
+            f"{path}: checkpoint does not match {type(model).__name__} "
+            f"{getattr(model, 'config', '')}: {'; '.join(parts)}"
+        )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    return sorted(state)
+
+
+def _nested_key(path: Path) -> str | None:
+    """The key of :data:`NESTED_WEIGHT_KEYS` that holds the weights of a torch file, if any."""
+    if path.suffix not in TORCH_SUFFIXES or not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - load_external_state_dict reports it
+        return None
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in NESTED_WEIGHT_KEYS:
+            if isinstance(obj.get(key), dict):
+                return key
+    return None
+
+
 def _rename(
     state: dict[str, torch.Tensor],
     key_map: Mapping[str, str] | Callable[[str], str | None] | None,

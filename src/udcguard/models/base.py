@@ -58,6 +58,23 @@ class Restorer(nn.Module):
     conditional: ClassVar[bool] = False
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     cond_dim: int = 0
+    #: Prefix map from the authors' released parameter names to ours (longest prefix wins);
+    #: empty where our module names already follow the released code.
+    official_prefixes: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def official_key(cls, key: str) -> str | None:
+        """Our state_dict key for a key of the authors' released checkpoint (None: drop it).
+
+        The default strips a ``module.`` (DataParallel) prefix and applies
+        :attr:`official_prefixes`; architectures whose released names need more override it.
+        """
+        if key.startswith("module."):
+            key = key[len("module."):]
+        for prefix in sorted(cls.official_prefixes, key=len, reverse=True):
+            if key.startswith(prefix):
+                return cls.official_prefixes[prefix] + key[len(prefix):]
+        return key
 
     def __init__(self) -> None:
         super().__init__()
