@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from tasks.common import Paths, fingerprint
+from tasks.common import Paths, file_digest, fingerprint
 from tasks.purification import train_purifier
 from tasks.tracking import stage_run
 from tasks.train import finetune_restorer, train_restorer
@@ -19,8 +19,8 @@ def train_restorer_flow(restorer: str, params_path: str = "params.yaml", overrid
                         data_dir: str = "data") -> str:
     """Train ``restorer`` -> data/models/<restorer>/ (safetensors + spec + history)."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
-    params.restorer(restorer)
-    fp = fingerprint(params, "seed", "train", extra=repr(params.restorer(restorer)))
+    spec = params.restorer(restorer)
+    fp = fingerprint(params, "seed", "train", extra=repr(spec) + file_digest(spec.weights))
     with stage_run("train_restorer", params, params_path, tags={"restorer": restorer}) as run:
         with staged_output(paths.model(restorer), fp) as out:
             info = train_restorer(params, restorer, data_dir, str(out), fp, run.run_id)

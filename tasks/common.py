@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 import udcguard
 from udcguard.config import Params
+from udcguard.errors import UdcGuardError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,6 +33,16 @@ def fingerprint(params: Params, *sections: str, extra: str = "") -> str:
     for f in sorted(Path(udcguard.__file__).parent.rglob("*.py")):
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def file_digest(path: str | Path | None) -> str:
+    """sha256 of a file's bytes ("" for None): puts an input file's content into a fingerprint."""
+    if path is None:
+        return ""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as err:
+        raise UdcGuardError(f"{path}: cannot read ({err.strerror})") from None
 
 
 def progress(total: int, desc: str) -> tqdm:

@@ -13,6 +13,7 @@ from tasks.tracking import RunLogger
 from udcguard.config import Params
 from udcguard.io.atomic import save_json
 from udcguard.io.checkpoints import (
+    load_official_checkpoint,
     load_state,
     load_train_state,
     save_model,
@@ -65,7 +66,10 @@ def train_restorer(params: Params, name: str, data_dir: str, out_dir: str, fp: s
     cond_dim = pairs.cond.shape[1] if pairs.cond is not None else 0
     with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
         torch.manual_seed(t.seed)
-        model = build_restorer(r.arch, size=r.size, cond_dim=cond_dim).to(device)
+        model = build_restorer(r.arch, size=r.size, cond_dim=cond_dim)
+    if r.weights is not None:
+        load_official_checkpoint(model, r.weights)
+    model = model.to(device)
     sample = lambda g: sample_batch(pairs, batch_size=t.batch_size, crop_px=t.crop_px, generator=g)
     history = _fit_with_resume(
         model, restoration_loss(t.loss, device=device), sample, steps=t.steps, lr=t.lr, lr_min=t.lr_min,

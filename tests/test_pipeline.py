@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,34 @@ def test_external_diffusers_unet_folder_as_purifier(run_dir: Path, tmp_path: Pat
     a = load_purifier(data / "purifier").purify(x, t_star=3, seeds=[1])
     b = load_purifier(run_dir / "data" / "purifier").purify(x, t_star=3, seeds=[1])
     torch.testing.assert_close(a, b)
+
+
+def test_restorer_starts_from_an_authors_format_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    """restorers.<name>.weights: a local checkpoint in the authors' format initialises training."""
+    from flows.train import train_restorer_flow
+    from udcguard.errors import UdcGuardError
+    from udcguard.io.checkpoints import load_state
+    from udcguard.models import build_restorer
+
+    torch.manual_seed(123)
+    source = build_restorer("unet", size="tiny")
+    ckpt = tmp_path / "released.pth"  # DataParallel names nested under "state_dict", as trainers save them
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 7}, ckpt)
+    data = tmp_path / "data"
+    for d in ("psf", "udc"):
+        shutil.copytree(run_dir / "data" / d, data / d)
+    overrides = {"restorers.unet.weights": str(ckpt), "train.lr": 1e-12, "train.lr_min": 0.0}
+    train_restorer_flow("unet", params_path=str(run_dir / "params.yaml"), data_dir=str(data), overrides=overrides)
+    state, spec = load_state(data / "models" / "unet")
+    assert spec["size"] == "tiny"
+    for k, v in source.state_dict().items():  # Adam with lr 1e-12 moves each weight by <= ~1e-11
+        torch.testing.assert_close(state[k], v, rtol=0, atol=1e-9)
+    bad = tmp_path / "discnet.pth"
+    torch.save(build_restorer("discnet", size="tiny").state_dict(), bad)
+    overrides["restorers.unet.weights"] = str(bad)
+    for d in ("psf", "udc"):
+        shutil.copytree(run_dir / "data" / d, tmp_path / "d2" / d)
+    with pytest.raises(UdcGuardError, match=r"discnet\.pth: checkpoint does not match UNet"):
+        train_restorer_flow("unet", params_path=str(run_dir / "params.yaml"), data_dir=str(tmp_path / "d2"),
+                            overrides=overrides)
+    assert not (tmp_path / "d2" / "models" / "unet").exists()

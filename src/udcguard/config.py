@@ -247,6 +247,11 @@ class RestorerParams(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="the key in params.yaml")
     arch: str = Field(description="registry name: unet | discnet | ...")
     size: Size = "small"
+    weights: Path | None = Field(
+        None,
+        description="local checkpoint to start training from: the authors' released format "
+        "(keys renamed by the architecture's official_key) or ours; never downloaded",
+    )
 
     @field_validator("arch")
     @classmethod

@@ -20,20 +20,27 @@ Mechanism:
        gather, replicate padding); the results are the skip connections ("dynamic skips").
     5. Decoder: pixel-shuffle upsampling (conv to 4 C + PixelShuffle(2) + LeakyReLU), added
        to the dynamic skip of that scale, residual blocks; a final 3x3 conv gives the
-       residual added to the input. (The released code also applies LeakyReLU to that last
-       conv, squashing negative residuals; we leave it linear.)
+       residual added to the input.
+
+``released=True`` reproduces the released code's activations exactly: PReLU (one slope,
+init 0.2) after the first and the last conv of each filter generator, and LeakyReLU on the
+final conv (which squashes negative residuals by 0.2). ``released=False`` (tiny, small)
+keeps the filters and the residual linear, as the paper's text describes them. With
+``released=True`` and the paper preset, checkpoints of the authors' code load through
+:meth:`DISCNet.official_key` (``conv_11.0.weight`` -> ``encoder.stages.0.0.weight``, ...).
 
 Sizes (d = 5; ``num_parameters``):
     tiny:  nf 6,  1 block,  k 3, image+cond ->    85,539 parameters
     small: nf 12, 1 block,  k 3, image+cond ->   338,907 parameters
-    paper: nf 32, 2 blocks, k 5, cond      -> 3,804,611 parameters; the released model has
-           3,804,617 (its filter generators carry two 1-parameter PReLUs each, here
-           LeakyReLU / linear): the 3.80 M quoted for DISCNet.
+    paper: nf 32, 2 blocks, k 5, cond, released -> 3,804,617 parameters, exactly the
+           released model (the 3.80 M quoted for DISCNet).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+import re
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +133,7 @@ class DISCNet(Restorer):
         kernel_size: k of the k x k dynamic filters, odd (released code: 5).
         filter_input: "image+cond" (filter generators see image and condition features) or
             "cond" (condition features only, as in the released code).
+        released: the released code's PReLU filter activations and final LeakyReLU.
 
     Shape:
         x: (B, C, H, W), cond: (B, d) -> (B, C, H, W). Inputs are padded to a multiple of 4.
@@ -136,7 +144,7 @@ class DISCNet(Restorer):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"channels": 3, "nf": 6, "num_blocks": 1, "kernel_size": 3, "filter_input": "image+cond"},
         "small": {"channels": 3, "nf": 12, "num_blocks": 1, "kernel_size": 3, "filter_input": "image+cond"},
-        "paper": {"channels": 3, "nf": 32, "num_blocks": 2, "kernel_size": 5, "filter_input": "cond"},
+        "paper": {"channels": 3, "nf": 32, "num_blocks": 2, "kernel_size": 5, "filter_input": "cond", "released": True},
     }
 
     def __init__(
@@ -148,6 +156,7 @@ class DISCNet(Restorer):
         num_blocks: int = 2,
         kernel_size: int = 5,
         filter_input: str = "cond",
+        released: bool = False,
     ) -> None:
         super().__init__()
         if filter_input not in FILTER_INPUTS:
@@ -163,6 +172,7 @@ class DISCNet(Restorer):
             "num_blocks": num_blocks,
             "kernel_size": kernel_size,
             "filter_input": filter_input,
+            "released": released,
         }
         self.cond_dim = cond_dim
         self.k = kernel_size
@@ -171,13 +181,7 @@ class DISCNet(Restorer):
         self.encoder = Encoder(channels, widths, num_blocks)
         self.cond_encoder = Encoder(channels + cond_dim, widths, num_blocks)
         gen_in = 2 if filter_input == "image+cond" else 1
-        self.filter_gens = nn.ModuleList(
-            nn.Sequential(
-                _stage(gen_in * w, w, num_blocks, stride=1),
-                nn.Conv2d(w, w * kernel_size**2, 1),  # linear: filters may be negative
-            )
-            for w in widths
-        )
+        self.filter_gens = nn.ModuleList(self._filter_gen(gen_in * w, w, num_blocks, released) for w in widths)
         self.ups = nn.ModuleList(
             nn.Sequential(nn.Conv2d(widths[s + 1], 4 * widths[s], 3, padding=1), nn.PixelShuffle(2), _act())
             for s in (1, 0)
@@ -186,6 +190,48 @@ class DISCNet(Restorer):
             nn.Sequential(*(ResBlock(widths[s]) for _ in range(num_blocks))) for s in (1, 0)
         )
         self.final = nn.Conv2d(nf, channels, 3, padding=1)
+        self.final_act = _act() if released else nn.Identity()
+
+    def _filter_gen(self, in_ch: int, w: int, num_blocks: int, released: bool) -> nn.Sequential:
+        """conv 3x3 + act, residual blocks, 1x1 conv to w * k * k filters (linear, or PReLU as released)."""
+        k2 = self.k**2
+        if not released:
+            return nn.Sequential(_stage(in_ch, w, num_blocks, stride=1), nn.Conv2d(w, w * k2, 1))
+        return nn.Sequential(
+            nn.Conv2d(in_ch, w, 3, padding=1),
+            nn.PReLU(1, init=0.2),
+            *(ResBlock(w) for _ in range(num_blocks)),
+            nn.Conv2d(w, w * k2, 1),
+            nn.PReLU(1, init=0.2),
+        )
+
+    #: released name stem -> ours, per scale (kconv_*: condition encoder, dynamic_kernel*: filters)
+    _RELEASED = re.compile(r"^(k?)conv_(\d)(\d)\.(.*)$|^upconv_(\d)(\d)\.(.*)$|^dynamic_kernel(\d?)\.(.*)$|^final_conv\.0\.(.*)$")
+
+    @classmethod
+    def official_key(cls, key: str) -> str | None:
+        """Released DISCNet key (github.com/jnjaby/DISCNet) -> ours; other keys unchanged.
+
+        ``conv_s1.0`` -> ``encoder.stages.{s-1}.0``, ``conv_s2``/``conv_s3`` -> the residual
+        blocks ``encoder.stages.{s-1}.2``/``.3`` (``kconv_*``: ``cond_encoder``);
+        ``dynamic_kernel1``/``2``/``''`` -> ``filter_gens.0``/``1``/``2``; ``upconv_21`` ->
+        ``ups.0``, ``upconv_22``/``23`` -> ``decoders.0.0``/``.1`` (``upconv_1*``: scale 0);
+        ``final_conv.0`` -> ``final``.
+        """
+        key = super().official_key(key) or key
+        m = cls._RELEASED.match(key)
+        if m is None:
+            return key
+        if m.group(2):  # (k)conv_sj: j = 1 is conv_block Sequential(conv, act), j = 2, 3 ResBlocks
+            enc = "cond_encoder" if m.group(1) else "encoder"
+            s, j, rest = int(m.group(2)) - 1, int(m.group(3)), m.group(4)
+            return f"{enc}.stages.{s}.0.{rest.removeprefix('0.')}" if j == 1 else f"{enc}.stages.{s}.{j}.{rest}"
+        if m.group(5):  # upconv_sj: s = 2 -> decoder 0, s = 1 -> decoder 1
+            d, j, rest = 2 - int(m.group(5)), int(m.group(6)), m.group(7)
+            return f"ups.{d}.{rest}" if j == 1 else f"decoders.{d}.{j - 2}.{rest}"
+        if m.group(9) is not None:  # dynamic_kernel{1,2,}
+            return f"filter_gens.{ {'1': 0, '2': 1, '': 2}[m.group(8)] }.{m.group(9)}"
+        return f"final.{m.group(10)}"
 
     def dynamic_filters(
         self, x: torch.Tensor, cond: torch.Tensor
@@ -212,4 +258,4 @@ class DISCNet(Restorer):
         h = skips[2]  # (B, 4 nf, H/4, W/4): the bottleneck is filtered too
         for up, dec, skip in zip(self.ups, self.decoders, (skips[1], skips[0]), strict=True):
             h = dec(up(h) + skip)  # (B, 2 nf, H/2, W/2), then (B, nf, H, W)
-        return self.final(h)  # (B, C, H, W) residual
+        return self.final_act(self.final(h))  # (B, C, H, W) residual
