@@ -38,9 +38,8 @@ Sizes (d = 5; ``num_parameters``):
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import re
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
