@@ -35,8 +35,8 @@ def _inputs(b: int, h: int, w: int, seed: int = 1) -> tuple[torch.Tensor, torch.
 
 
 def test_registry_lists_the_architectures() -> None:
-    assert {"unet", "discnet"} <= set(ARCHS)
-    with pytest.raises(UnknownNameError, match="discnet, unet"):
+    assert set(ARCHS) == {"unet", "discnet", "uformer", "udcunet", "bnudc", "dwformer", "restormer", "nafnet"}
+    with pytest.raises(UnknownNameError, match=r"valid: bnudc, discnet, dwformer, nafnet, restormer, udcunet, uformer, unet"):
         build_restorer("disnet")
 
 

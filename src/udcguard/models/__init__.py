@@ -13,15 +13,27 @@ from udcguard.models.base import (
     pad_to_multiple,
     restorer_spec,
 )
+from udcguard.models.bnudc import BNUDC
 from udcguard.models.discnet import DISCNet, dynamic_conv
+from udcguard.models.dwformer import DWFormer
+from udcguard.models.nafnet import NAFNet
+from udcguard.models.restormer import Restormer
+from udcguard.models.udcunet import UDCUNet
+from udcguard.models.uformer import Uformer
 from udcguard.models.unet import UNet
 
 __all__ = [
     "RESTORERS",
     "SIZES",
+    "BNUDC",
     "DISCNet",
+    "DWFormer",
+    "NAFNet",
+    "Restormer",
     "Restorer",
+    "UDCUNet",
     "UNet",
+    "Uformer",
     "UnknownSizeError",
     "build_restorer",
     "dynamic_conv",

@@ -25,7 +25,7 @@ Mechanism:
 
 Sizes (3-channel images; ``num_parameters``):
     tiny:  width 8,  enc [1, 1, 1],    middle 1,  dec [1, 1, 1]    ->     75,355 parameters
-    small: width 16, enc [1, 1, 2],    middle 2,  dec [1, 1, 1]    ->    YYYSMALL parameters
+    small: width 16, enc [1, 1, 2],    middle 2,  dec [1, 1, 1]    ->    438,387 parameters
     paper: width 32, enc [2, 2, 4, 8], middle 12, dec [2, 2, 2, 2] -> 29,159,715 parameters:
            the released NAFNet-SIDD-width32 (``options/train/SIDD/NAFNet-width32.yml``,
            39.97 dB on SIDD). The paper and README report MACs, not parameter counts; the
@@ -135,7 +135,13 @@ class NAFNet(Restorer):
     conditional: ClassVar[bool] = False
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"channels": 3, "width": 8, "enc_blk_nums": (1, 1, 1), "middle_blk_num": 1, "dec_blk_nums": (1, 1, 1)},
-        "small": {"channels": 3, "width": 16, "enc_blk_nums": (1, 1, 2), "middle_blk_num": 2, "dec_blk_nums": (1, 1, 1)},
+        "small": {
+            "channels": 3,
+            "width": 16,
+            "enc_blk_nums": (1, 1, 2),
+            "middle_blk_num": 2,
+            "dec_blk_nums": (1, 1, 1),
+        },
         "paper": {
             "channels": 3,
             "width": 32,

@@ -10,10 +10,10 @@ state_dict keys equal the released ones (``cond_head.0.weight``, ``KNet3.6.bias`
 
 Mechanism:
     1. Base network: a U-Net of widths nf, 2 nf, 4 nf, 8 nf (3 stride-2 3x3 conv downsamplings,
-       pixel-shuffle upsamplings). Every stage is a stack of SFT residual blocks:
-       conv(LReLU(conv(SFT(f, c))) after SFT) + f, where SFT(f, c) = f * (1 + scale(c)) + shift(c)
-       and scale / shift are two-layer 1x1 conv nets of a condition map c (spatial feature
-       transform).
+       pixel-shuffle upsamplings). Every stage is a stack of SFT residual blocks
+       f + conv2(SFT2(LReLU(conv1(SFT1(f, c))), c)), where SFT(f, c) = f * (1 + scale(c)) +
+       shift(c) and scale / shift are two-layer 1x1 conv nets of a condition map c (spatial
+       feature transform).
     2. Condition branch: ``cond_head`` + ``cond_first`` (2 residual blocks) on the image, then
        ``CondNet0..3`` (strided 3x3 / 1x1 convs) give the condition map of each scale,
        (B, nf 2^s, H / 2^s, W / 2^s): spatially variant modulation of the encoder, bottom and
@@ -41,10 +41,11 @@ Deviations from the released code:
     * f_pad[c, y + i, x + j] with replicate padding: the layout of ``dynamic_conv``.
 
 Sizes (d = 5; ``num_parameters``):
-    tiny:  nf 4,  depths [1,1,1,1,1,1,1], k 3, sft_nf 4  ->     65,579 parameters
-    small: nf 8,  depths [1,1,1,2,1,1,1], k 3, sft_nf 8  ->    371,619 parameters
-    paper: nf 32, depths [2,2,2,8,2,2,2], k 3, sft_nf 32 -> 14,059,375 parameters, the released
-           model's count (the same modules; no published figure found to compare with).
+    tiny:  nf 4,  depths [1,1,1,1,1,1,1], k 3, sft_nf 4  ->     71,219 parameters
+    small: nf 8,  depths [1,1,1,2,1,1,1], k 3, sft_nf 8  ->    358,787 parameters
+    paper: nf 32, depths [2,2,2,8,2,2,2], k 3, sft_nf 32 -> 14,057,091 parameters, exactly the
+           released model's count (same modules, keys and shapes; checked against a transcription
+           of the released code). No published parameter count was found to compare with.
 """
 
 from __future__ import annotations

@@ -19,11 +19,17 @@ Mechanism:
        tokens before the attention (hence to its queries, keys and values, as released).
     5. Output projection: conv 3x3 to the image channels, the residual added to the input.
 
-Sizes (3-channel images; ``num_parameters``):
-    tiny:  embed 8,  2 levels, depths [1, 1, 1, 1, 1], win 8 ->    73,476 parameters
-    small: embed 16, 3 levels, depths [1]*7, win 8          ->   920,896 parameters
-    paper: Uformer-B, embed 32, depths [1, 2, 8, 8, 2, 8, 8, 2, 1], win 8 -> 50,883,716
-           parameters (published: 50.88 M); inputs are padded to a multiple of 128.
+Sizes (3-channel images, modulator on, mlp_ratio 4, heads = channels / embed; ``num_parameters``):
+    tiny:  embed 8,  2 levels, depths [1] * 5, win 8 (multiple 32)  ->     57,040 parameters
+    small: embed 16, 3 levels, depths [1] * 7, win 8 (multiple 64)  ->    791,552 parameters
+    paper: Uformer-B: embed 32, 4 levels, depths [1, 2, 8, 8, 2, 8, 8, 2, 1], win 8
+           (multiple 128)                                           -> 50,880,946 parameters
+           (published: 50.88 M)
+
+Deviations from the released code: any H x W (it assumes square maps); the shifted-window
+blocks skip the shift on maps of a single window, decided per forward from the actual size
+(released: decided once from ``img_size``, the training patch size; identical when testing at
+that size); no stochastic depth (drop_path 0.1 in training) and no dropout.
 """
 
 from __future__ import annotations
@@ -195,6 +201,50 @@ def _image(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)  # (B, HW, C) -> (B, C, H, W)
 
 
+class InputProj(nn.Module):
+    """conv 3x3 + LeakyReLU. (B, C_in, H, W) -> (B, C_out, H, W)."""
+
+    def __init__(self, in_channel: int, out_channel: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(in_channel, out_channel, 3, padding=1), nn.LeakyReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class OutputProj(nn.Module):
+    """conv 3x3. (B, C_in, H, W) -> (B, C_out, H, W)."""
+
+    def __init__(self, in_channel: int, out_channel: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(in_channel, out_channel, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class Downsample(nn.Module):
+    """conv 4x4, stride 2. (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
+
+    def __init__(self, in_channel: int, out_channel: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(in_channel, out_channel, 4, stride=2, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """transposed conv 2x2, stride 2. (B, C_in, H, W) -> (B, C_out, 2H, 2W)."""
+
+    def __init__(self, in_channel: int, out_channel: int) -> None:
+        super().__init__()
+        self.deconv = nn.Sequential(nn.ConvTranspose2d(in_channel, out_channel, 2, stride=2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.deconv(x)
+
+
 @RESTORERS.register("uformer")
 class Uformer(Restorer):
     """Uformer with a residual output (arXiv 2106.03106).
@@ -237,18 +287,18 @@ class Uformer(Restorer):
         if len(depths) % 2 != 1 or len(depths) < 3 or min(depths) < 1:
             raise ValueError(f"Uformer depths must have odd length >= 3 and entries >= 1, got {depths}")
         if channels < 1 or embed_dim < 1 or win_size < 2:
-            raise ValueError(f"Uformer needs channels, embed_dim >= 1 and win_size >= 2, got {channels}, {embed_dim}, {win_size}")
+            raise ValueError(
+                f"Uformer needs channels, embed_dim >= 1 and win_size >= 2, got {channels}, {embed_dim}, {win_size}"
+            )
         levels = len(depths) // 2
         stage_dims = [embed_dim * 2**i for i in range(levels + 1)]  # encoder levels + bottleneck
         stage_dims += [embed_dim * 2 ** (levels - j) for j in range(levels)]  # decoder (after concat)
-        if num_heads is None:
-            num_heads = [d // embed_dim for d in stage_dims]
-        num_heads = list(num_heads)
+        heads_arg = None if num_heads is None else list(num_heads)
+        num_heads = [d // embed_dim for d in stage_dims] if heads_arg is None else heads_arg
         if len(num_heads) != len(depths) or any(d % h for d, h in zip(stage_dims, num_heads)):
             raise ValueError(f"Uformer num_heads {num_heads} must divide the stage widths {stage_dims}")
         self.config = {
-            "channels": channels, "embed_dim": embed_dim, "depths": depths, "num_heads": None
-            if num_heads == [d // embed_dim for d in stage_dims] else num_heads,
+            "channels": channels, "embed_dim": embed_dim, "depths": depths, "num_heads": heads_arg,
             "win_size": win_size, "mlp_ratio": mlp_ratio, "modulator": modulator,
         }  # fmt: skip
         self.levels = levels
@@ -284,47 +334,6 @@ class Uformer(Restorer):
             y = torch.cat([_tokens(up), skips[s]], dim=-1)  # (B, HW / 4^s, E 2^(s+1))
             y = getattr(self, f"decoderlayer_{j}")(y, h >> s, w >> s)
         return self.output_proj(_image(y, h, w))  # (B, C, H, W) residual
-
-
-class InputProj(nn.Module):
-    """conv 3x3 + LeakyReLU. (B, C_in, H, W) -> (B, C_out, H, W)."""
-
-    def __init__(self, in_channel: int, out_channel: int) -> None:
-        super().__init__()
-        self.proj = nn.Sequential(nn.Conv2d(in_channel, out_channel, 3, padding=1), nn.LeakyReLU())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
-class OutputProj(InputProj):
-    """conv 3x3. (B, C_in, H, W) -> (B, C_out, H, W)."""
-
-    def __init__(self, in_channel: int, out_channel: int) -> None:
-        nn.Module.__init__(self)
-        self.proj = nn.Sequential(nn.Conv2d(in_channel, out_channel, 3, padding=1))
-
-
-class Downsample(nn.Module):
-    """conv 4x4, stride 2. (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
-
-    def __init__(self, in_channel: int, out_channel: int) -> None:
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(in_channel, out_channel, 4, stride=2, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """transposed conv 2x2, stride 2. (B, C_in, H, W) -> (B, C_out, 2H, 2W)."""
-
-    def __init__(self, in_channel: int, out_channel: int) -> None:
-        super().__init__()
-        self.deconv = nn.Sequential(nn.ConvTranspose2d(in_channel, out_channel, 2, stride=2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.deconv(x)
 
 
 def _init_weights(m: nn.Module) -> None:
