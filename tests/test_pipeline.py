@@ -206,3 +206,37 @@ def test_restorer_starts_from_an_authors_format_checkpoint(run_dir: Path, tmp_pa
         train_restorer_flow("unet", params_path=str(run_dir / "params.yaml"), data_dir=str(tmp_path / "d2"),
                             overrides=overrides)
     assert not (tmp_path / "d2" / "models" / "unet").exists()
+
+
+NEW_ARCHS = ("uformer", "udcunet", "bnudc", "dwformer", "restormer", "nafnet")
+
+
+def test_every_restorer_runs_through_the_stages(run_dir: Path, tmp_path: Path) -> None:
+    """Naming an architecture in params.yaml is all it takes: train, attack, purify, fine-tune, evaluate."""
+    from flows.defend import attack_flow, purify_flow
+    from flows.evaluate import evaluate_flow
+    from flows.train import finetune_flow, train_restorer_flow
+    from udcguard.models import RESTORERS
+
+    assert set(NEW_ARCHS) | {"unet", "discnet"} == set(RESTORERS.names())
+    params = json.loads(json.dumps(TINY))
+    params["restorers"] = {a: {"arch": a, "size": "tiny"} for a in NEW_ARCHS}
+    pfile = _write_params(tmp_path, params)
+    data = tmp_path / "data"
+    for d in ("psf", "udc", "purifier", "purified_train"):  # shared stages, same params as run_dir
+        shutil.copytree(run_dir / "data" / d, data / d)
+    common = {"params_path": str(pfile), "data_dir": str(data)}
+    for arch in NEW_ARCHS:
+        train_restorer_flow(arch, **common)
+        attack_flow(arch, **common)
+        purify_flow(arch, **common)
+        finetune_flow(arch, **common)
+    evaluate_flow(**common, reports_dir=str(tmp_path / "reports"))
+    rows = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert set(rows) == set(NEW_ARCHS)
+    for arch in NEW_ARCHS:
+        spec = json.loads((data / "finetuned" / arch / "spec.json").read_text())
+        assert spec["arch"] == arch
+        clean, attacked = rows[arch]["none"]["eps_0"]["none"], rows[arch]["pgd_linf"]["eps_8"]["none"]
+        assert np.isfinite(attacked["psnr"]) and attacked["dev_psnr"] < clean["dev_psnr"]
+        assert "purify+finetune" in rows[arch]["pgd_linf"]["eps_8"]
