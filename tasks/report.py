@@ -15,8 +15,8 @@ from tasks.common import Paths
 from udcguard.attacks import ATTACKS
 from udcguard.config import Params
 from udcguard.evaluation import PERCEPTUAL
-from udcguard.metrics.summary import summarize
 from udcguard.io.atomic import write_bytes
+from udcguard.metrics.summary import summarize
 from udcguard.report import image, render, table
 from udcguard.viz import line_plot
 
