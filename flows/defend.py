@@ -17,11 +17,12 @@ from udcguard.io.atomic import staged_output
 @flow(name="attack")
 def attack_flow(restorer: str, params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
                 data_dir: str = "data") -> str:
-    """Adversarial inputs per eps level -> data/attacks/<restorer>/ (+ clean set, records)."""
+    """Every attack set at every level -> data/attacks/<restorer>/<attack>.eps_<k>/ (+ clean set, records)."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     params.restorer(restorer)
-    with stage_run("attack", params, params_path, tags={"restorer": restorer, "attack": params.attack.name}) as run:
-        with staged_output(paths.attacks(restorer), fingerprint(params, "attack", extra=restorer)) as out:
+    attacks = ",".join(a.id for a in params.attack.attacks)
+    with stage_run("attack", params, params_path, tags={"restorer": restorer, "attacks": attacks}) as run:
+        with staged_output(paths.attacks(restorer), fingerprint(params, "attack", "lpips", extra=restorer)) as out:
             info = attack_restorer(params, restorer, data_dir, str(out))
         run.log_metrics(info)
         run.log_artifact(paths.attacks(restorer) / "records.json")
@@ -34,7 +35,7 @@ def purify_flow(restorer: str, params_path: str = "params.yaml", overrides: dict
     """Purify the clean and adversarial inputs of ``restorer`` -> data/purified/<restorer>/."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     with stage_run("purify", params, params_path, tags={"restorer": restorer}) as run:
-        with staged_output(paths.purified(restorer), fingerprint(params, "purify", "attack", extra=restorer)) as out:
+        with staged_output(paths.purified(restorer), fingerprint(params, "purify", "attack", "lpips", extra=restorer)) as out:
             sets = purify_sets(params, restorer, data_dir, str(out))
         run.log_metrics({"sets": len(sets)})
     return str(paths.purified(restorer))

@@ -11,7 +11,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.attack import eps_name
+from tasks.attack import levels, set_name
 from tasks.common import Paths, progress, resolve_device
 from tasks.purification import purify_set
 from tasks.train import load_restorer
@@ -20,6 +20,7 @@ from udcguard.evaluation import METRICS, nested, score_images, summary_table
 from udcguard.io.atomic import save_json, save_png, write_bytes
 from udcguard.io.datasets import load_inputs, load_split
 from udcguard.io.purifier_store import load_purifier
+from udcguard.metrics.lpips import build_lpips, lpips_per_image
 from udcguard.train.restorer import predict
 from udcguard.viz import image_grid
 
@@ -39,33 +40,58 @@ def _img(t: torch.Tensor) -> np.ndarray:
     return t.permute(1, 2, 0).numpy()  # (H, W, 3)
 
 
-def restorer_records(params: Params, name: str, paths: Paths, device: torch.device) -> tuple[list[dict], np.ndarray]:
+def perceptual_metric(params: Params, device: torch.device):
+    """("lpips" | "lpips_rand", fn(a, b) -> (B,)) from params.lpips (see udcguard.metrics.lpips)."""
+    lp = params.lpips
+    name, module = build_lpips(lp.backbone_path, lp.lin_path, net=lp.net)
+    module = module.to(device)
+    bs = params.evaluate.batch_size
+
+    def fn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([lpips_per_image(module, a[i : i + bs].to(device), b[i : i + bs].to(device)).cpu()
+                          for i in range(0, a.shape[0], bs)])
+
+    return name, fn
+
+
+def attack_sets(params: Params) -> list[tuple[str, str, float]]:
+    """(set directory, attack id, eps) of every evaluated input set, clean first."""
+    return [("clean", "none", 0.0)] + [(set_name(s.id, eps), s.id, eps) for s in params.attack.attacks
+                                       for eps, _ in levels(s)]
+
+
+def restorer_records(params: Params, name: str, paths: Paths, device: torch.device,
+                     perceptual=None) -> tuple[list[dict], np.ndarray]:
     """Per-image records of one restorer over all sets and defences, and an example grid."""
     a, bs = params.attack, params.evaluate.batch_size
     base, ft = load_restorer(paths.model(name), device), load_restorer(paths.finetuned(name), device)
     pairs = load_split(paths.udc / a.split, psf_dir=paths.psf, max_items=a.max_images)
-    ids, cond = list(pairs.ids), pairs.cond
     nets = {"none": base, "purify": base, "purify+finetune": ft}
 
-    def run(set_name: str) -> tuple[dict, dict]:
-        x_in = load_inputs(paths.attacks(name) / set_name)[0]
+    def run(set_name: str) -> tuple[list[str], dict, dict]:
+        x_in, ids, _ = load_inputs(paths.attacks(name) / set_name)
         x_pur = load_inputs(paths.purified(name) / set_name)[0]
+        assert list(ids) == list(pairs.ids[: len(ids)]), f"{name}/{set_name}: ids differ from the {a.split} split"
+        cond = pairs.cond[: len(ids)] if pairs.cond is not None else None
         ins = {d: (x_in if d == "none" else x_pur) for d in DEFENCES}
-        return ins, {d: predict(nets[d], ins[d], cond, batch_size=bs, device=device) for d in DEFENCES}
+        return list(ids), ins, {d: predict(nets[d], ins[d], cond, batch_size=bs, device=device) for d in DEFENCES}
 
-    _, clean_out = run("clean")
+    _, _, clean_out = run("clean")
     records: list[dict] = []
-    sets = [("clean", "none", 0.0)] + [(eps_name(e), a.name, e) for e in a.eps]
-    for set_name, attack, eps in sets:
-        ins, outs = run(set_name)
+    sets = attack_sets(params)
+    for set_dir, attack, eps in sets:
+        ids, ins, outs = run(set_dir)
+        n = len(ids)
         for d in DEFENCES:
-            records += score_images(outs[d], pairs.gt, clean_out[d], ins[d], ids,
+            records += score_images(outs[d], pairs.gt[:n], clean_out[d][:n], ins[d], ids, perceptual=perceptual,
                                     restorer=name, attack=attack, eps=eps, defence=d)
+    show = next((s for s in sets if s[1] == a.attacks[0].id), sets[-1]) if a.attacks else sets[-1]
+    show = max((s for s in sets if s[1] == show[1]), key=lambda s: s[2])  # the strongest level of the first set
+    ids, ins, outs = run(show[0])
     k = min(params.evaluate.report_examples, len(ids))
-    ins, outs = run(sets[-1][0])
     grid = [[_img(pairs.lq[i]), _img(ins["none"][i]), _img(ins["purify"][i]), _img(outs["none"][i]),
              _img(outs["purify"][i]), _img(outs["purify+finetune"][i]), _img(pairs.gt[i])] for i in range(k)]
-    titles = ["clean input", f"attacked ({sets[-1][0]})", "purified", "restored", "purify+restore",
+    titles = ["clean input", f"attacked ({show[0]})", "purified", "restored", "purify+restore",
               "purify+fine-tuned", "ground truth"]
     return records, image_grid(grid, titles, [f"{name}: {ids[i]}" for i in range(k)])
 
@@ -76,9 +102,10 @@ def evaluate_pipeline(params: Params, data_dir: str, reports_dir: str) -> dict:
     paths, out = Paths(data_dir, reports_dir), Path(reports_dir)
     device = resolve_device(params.evaluate.device)
     records: list[dict] = []
+    perceptual = perceptual_metric(params, device)
     bar = progress(len(params.restorers), "evaluate")
     for r in params.restorers:
-        recs, grid = restorer_records(params, r.name, paths, device)
+        recs, grid = restorer_records(params, r.name, paths, device, perceptual)
         records += recs
         save_png(out / "examples" / f"{r.name}.png", grid)
         bar.update(1)
@@ -87,9 +114,12 @@ def evaluate_pipeline(params: Params, data_dir: str, reports_dir: str) -> dict:
     save_json(out / "metrics.json", nested(rows))
     write_csv(out / "metrics.csv", rows)
     write_csv(out / "per_image.csv", records)
+    multi = [s.id for s in params.attack.attacks if len(s.eps) > 1]  # budget curves (PGD 1, 2, 4, 8 /256)
     write_csv(out / "plots" / "psnr_vs_eps.csv",
-              [{"restorer": r["restorer"], "defence": r["defence"], "series": f"{r['restorer']} / {r['defence']}",
-                "eps": r["eps"], "psnr": round(r["psnr_mean"], 4), "ssim": round(r["ssim_mean"], 4)} for r in rows])
+              [{"restorer": r["restorer"], "attack": a, "defence": r["defence"],
+                "series": f"{r['restorer']} / {a} / {r['defence']}", "eps": r["eps"],
+                "psnr": round(r["psnr_mean"], 4), "ssim": round(r["ssim_mean"], 4)}
+               for a in multi for r in rows if r["attack"] in (a, "none")])
     return {"rows": len(rows), "images": len(records)}
 
 

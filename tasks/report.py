@@ -12,8 +12,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import Paths
+from udcguard.attacks import ATTACKS
 from udcguard.config import Params
+from udcguard.evaluation import PERCEPTUAL
 from udcguard.io.atomic import write_bytes
+from udcguard.metrics.summary import summarize
 from udcguard.report import image, render, table
 from udcguard.viz import line_plot
 
@@ -31,6 +34,37 @@ def _history(path: Path) -> tuple[list[int], list[float]] | None:
     return list(range(1, len(loss) + 1)), loss
 
 
+def _linf(params: Params, attack_id: str) -> bool:
+    return getattr(ATTACKS.get(params.attack.spec(attack_id).attack), "norm", "linf") == "linf"
+
+
+def matrix(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """One row per (restorer, attack): PSNR without / with each defence at the attack's largest eps."""
+    strongest: dict[tuple[str, str], float] = {}
+    for r in rows:
+        key = (r["restorer"], r["attack"])
+        strongest[key] = max(strongest.get(key, r["eps"]), r["eps"])
+    out = []
+    for (restorer, attack), eps in sorted(strongest.items()):
+        row = {"restorer": restorer, "attack": attack, "eps": eps}
+        for r in rows:
+            if (r["restorer"], r["attack"], r["eps"]) == (restorer, attack, eps):
+                row[r["defence"]] = r["psnr_mean"]
+        out.append(row)
+    return out, ["restorer", "attack", "eps", "none", "purify", "purify+finetune"]
+
+
+def attack_costs(params: Params, paths: Paths) -> tuple[list[dict], list[str]]:
+    """Mean objective, norms, queries, gradients and seconds per image, by restorer x attack x eps."""
+    recs = []
+    for r in params.restorers:
+        f = paths.attacks(r.name) / "records.json"
+        recs += [{**x, "restorer": r.name} for x in (json.loads(f.read_text()) if f.exists() else [])]
+    metrics = ["objective", "linf", "l2", "queries", "grads", "seconds"]
+    rows = summarize(recs, by=["restorer", "attack", "eps"], metrics=metrics) if recs else []
+    return rows, ["restorer", "attack", "eps", *[f"{m}_mean" for m in metrics], "count"]
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def write_report(params: Params, data_dir: str, reports_dir: str) -> str:
     """Tables, PSNR-vs-eps curves, training curves and example grids in one HTML file."""
@@ -42,17 +76,27 @@ def write_report(params: Params, data_dir: str, reports_dir: str) -> str:
                 r[k] = float(v) if k not in ("restorer", "attack", "defence") else v
             except ValueError:
                 pass
-    cols = ["restorer", "attack", "eps", "defence", "psnr_mean", "ssim_mean", "dev_psnr_mean", "input_psnr_mean", "count"]
-    sections = [("Results (tone-mapped domain, mean over images)", table(rows, [c for c in cols if c in rows[0]]))]
+    perceptual = next((m for m in PERCEPTUAL if f"{m}_mean" in rows[0]), None)
+    cols = ["restorer", "attack", "eps", "defence", "psnr_mean", "ssim_mean",
+            *([f"{perceptual}_mean"] if perceptual else []), "dev_psnr_mean", "input_psnr_mean", "count"]
+    sections = [("Attack matrix: PSNR (dB) per restorer x attack at its strongest level", table(*matrix(rows))),
+                ("Results (tone-mapped domain, mean over images)", table(rows, [c for c in cols if c in rows[0]])),
+                ("Attack cost (mean per image)", table(*attack_costs(params, paths)))]
+    multi = [s.id for s in params.attack.attacks if len(s.eps) > 1]
     for r in params.restorers:
         mine = [x for x in rows if x["restorer"] == r.name]
-        series = {}
-        for d in ("none", "purify", "purify+finetune"):
-            pts = sorted((x["eps"], x["psnr_mean"]) for x in mine if x["defence"] == d)
-            series[d] = ([p[0] for p in pts], [p[1] for p in pts])
-        plot = line_plot(series, xlabel="eps (x 1/256)", ylabel="PSNR (dB)", title=f"{r.name}: PSNR vs PGD budget")
+        html = ""
+        for attack_id in multi:
+            series = {}
+            for d in ("none", "purify", "purify+finetune"):
+                pts = sorted((x["eps"], x["psnr_mean"]) for x in mine
+                             if x["defence"] == d and x["attack"] in (attack_id, "none"))
+                series[d] = ([p[0] for p in pts], [p[1] for p in pts])
+            plot = line_plot(series, xlabel="eps (x 1/256)" if _linf(params, attack_id) else "eps (L2)",
+                             ylabel="PSNR (dB)", title=f"{r.name}: PSNR vs {attack_id} budget")
+            html += image(_png(plot), f"{r.name} psnr vs {attack_id}")
         grid = (out / "examples" / f"{r.name}.png").read_bytes()
-        sections.append((f"{r.name} ({r.arch}, {r.size})", image(_png(plot), f"{r.name} psnr vs eps") + image(grid, f"{r.name} examples")))
+        sections.append((f"{r.name} ({r.arch}, {r.size})", html + image(grid, f"{r.name} examples")))
     curves = {}
     for r in params.restorers:
         for label, p in ((f"{r.name} train", paths.model(r.name) / "history.json"),
@@ -68,8 +112,10 @@ def write_report(params: Params, data_dir: str, reports_dir: str) -> str:
     sections.append(("Data", image((paths.udc / "preview.png").read_bytes(), "data preview")
                      + image((paths.psf / "preview.png").read_bytes(), "PSF bank")))
     a = params.attack
-    subtitle = (f"attack {a.name}, {a.steps} steps, eps {list(a.eps)}/256, objective {a.objective} vs {a.reference}; "
-                f"purification DDPM from t*={params.purify.t_star}; gray-box setting (attack on the undefended restorer)")
+    sets = "; ".join(f"{s.id} ({s.attack}{', eps ' + str(list(s.eps)) if s.eps else ''}, "
+                     f"{s.objective or a.objective})" for s in a.attacks)
+    subtitle = (f"attacks: {sets}; reference {a.reference}, region {a.region}; purification DDPM from "
+                f"t*={params.purify.t_star}; gray-box setting (attack on the undefended restorer)")
     page = render("udcguard report", sections, subtitle=subtitle)
     write_bytes(out / "index.html", page.encode())
     return str(out / "index.html")

@@ -46,7 +46,16 @@ TINY: dict = {
     "train": {"steps": 6, "batch_size": 4, "crop_px": 32, "checkpoint_every": 3},
     "purifier": {"unet": "tiny", "num_train_timesteps": 100, "steps": 6, "batch_size": 4, "crop_px": 32,
                  "checkpoint_every": 3},
-    "attack": {"eps": [2, 8], "steps": 3, "max_images": 3, "batch_size": 2},
+    "attack": {
+        "max_images": 3,
+        "batch_size": 2,
+        "attacks": {
+            "pgd_linf": {"attack": "pgd_linf", "eps": [2, 8], "options": {"steps": 3}},
+            "cw_l2": {"attack": "cw_l2", "max_images": 2, "options": {"binary_steps": 2, "steps": 3}},
+            "simba": {"attack": "simba", "eps": [4], "max_images": 2, "options": {"iterations": 5}},
+        },
+    },
+    "lpips": {"net": "alex"},
     "purify": {"t_star": 5, "batch_size": 2},
     "finetune": {"steps": 4, "batch_size": 4, "crop_px": 32, "t_stars": [3, 5], "train_images": 4,
                  "checkpoint_every": 2},

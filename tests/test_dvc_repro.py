@@ -39,7 +39,7 @@ def test_dvc_repro_then_noop(tmp_path: Path) -> None:
     assert (work / "reports" / "index.html").exists() and (work / "reports" / "metrics.json").exists()
     # changing an attack parameter reruns only the attack and what follows it
     p = yaml.safe_load((work / "params.yaml").read_text())
-    p["attack"]["steps"] = 2
+    p["attack"]["attacks"]["pgd_linf"]["options"]["steps"] = 2
     (work / "params.yaml").write_text(yaml.safe_dump(p))
     r3 = run("dvc", "repro")
     assert r3.returncode == 0, r3.stdout[-3000:] + r3.stderr[-3000:]

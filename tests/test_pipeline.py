@@ -50,28 +50,38 @@ def test_adversarial_sets_respect_budget(run_dir: Path) -> None:
 
     clean, ids, _ = load_inputs(run_dir / "data" / "attacks" / "unet" / "clean")
     for eps in (2, 8):
-        adv, ids2, extra = load_inputs(run_dir / "data" / "attacks" / "unet" / f"eps_{eps}")
-        assert list(ids2) == list(ids) and extra["eps"] == eps
+        adv, ids2, extra = load_inputs(run_dir / "data" / "attacks" / "unet" / f"pgd_linf.eps_{eps}")
+        assert list(ids2) == list(ids) and extra["eps"] == eps and extra["method"] == "pgd_linf"
         assert (adv - clean).abs().max() <= eps / 256 + 1e-6
         assert adv.min() >= 0 and adv.max() <= 1
         assert (adv - clean).abs().max() > 0.5 * eps / 256
-        pur, ids3, pextra = load_inputs(run_dir / "data" / "purified" / "unet" / f"eps_{eps}")
+        pur, ids3, pextra = load_inputs(run_dir / "data" / "purified" / "unet" / f"pgd_linf.eps_{eps}")
         assert list(ids3) == list(ids) and pextra["t_star"] == 5 and pur.shape == adv.shape
     records = json.loads((run_dir / "data" / "attacks" / "unet" / "records.json").read_text())
-    assert all(r["objective"] >= r["objective_clean"] for r in records)
+    assert all(r["objective"] >= r["objective_clean"] for r in records if r["attack"] != "transfer")
+    by_attack = {a: [r for r in records if r["attack"] == a] for a in ("pgd_linf", "cw_l2", "simba")}
+    assert len(by_attack["pgd_linf"]) == 2 * len(ids)
+    simba = by_attack["simba"]  # queries only, within its budget of 1 + 2 x 5 iterations
+    assert simba and all(r["grads"] == 0 and r["queries"] <= 11 and r["linf"] <= 4 / 256 + 1e-6 for r in simba)
+    cw = by_attack["cw_l2"]  # unbounded: recorded at eps 0 with its L2 norm
+    assert cw and all(r["eps"] == 0 and r["l2"] > 0 and r["grads"] == 2 * 3 for r in cw)
+    assert (run_dir / "data" / "purified" / "unet" / "cw_l2.eps_0" / "manifest.json").exists()
 
 
 def test_metrics_table_and_report(run_dir: Path) -> None:
     rows = list(csv.DictReader((run_dir / "reports" / "metrics.csv").open()))
     keys = {(r["restorer"], r["attack"], float(r["eps"]), r["defence"]) for r in rows}
-    assert len(keys) == len(rows) == 2 * 3 * 3  # restorers x (clean + 2 levels) x defences
+    assert len(keys) == len(rows) == 2 * 5 * 3  # restorers x (clean + pgd 2 levels + cw + simba) x defences
+    assert all(float(r["lpips_rand_mean"]) >= 0 for r in rows)  # no LPIPS weights: the named stand-in
     nested = json.loads((run_dir / "reports" / "metrics.json").read_text())
     assert set(nested) == {"unet", "discnet"}
+    assert set(nested["unet"]) == {"none", "pgd_linf", "cw_l2", "simba"}
     assert set(nested["unet"]["pgd_linf"]) == {"eps_2", "eps_8"}
     per_image = list(csv.DictReader((run_dir / "reports" / "per_image.csv").open()))
     assert len(per_image) == len(rows) * 2  # two test images
     html = (run_dir / "reports" / "index.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and "purify+finetune" in html
+    assert "Attack matrix" in html and "Attack cost" in html and "simba" in html
     curve = list(csv.DictReader((run_dir / "reports" / "plots" / "psnr_vs_eps.csv").open()))
     assert {float(r["eps"]) for r in curve} == {0.0, 2.0, 8.0}
 

@@ -1,14 +1,15 @@
 """Evaluation protocol (design.md section 4): per-image scores -> long-format table.
 
 Scores are computed in the tone-mapped domain between the restored output (clamped to
-[0, 1]) and the ground truth: PSNR and SSIM; and the deviation PSNR between the output on
-the attacked input and the output on the clean input (how far the attack moved the
-restorer, whatever the ground truth).
+[0, 1]) and the ground truth: PSNR, SSIM and LPIPS (``lpips`` with local pretrained
+weights, else the random-feature ``lpips_rand``, reported under that name); and the
+deviation PSNR between the output on the attacked input and the output on the clean input
+(how far the attack moved the restorer, whatever the ground truth).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -18,6 +19,8 @@ from udcguard.metrics.summary import summarize
 
 KEYS = ["restorer", "attack", "eps", "defence"]
 METRICS = ["psnr", "ssim", "dev_psnr", "input_psnr"]
+#: Perceptual metric columns: at most one of them is present in a table.
+PERCEPTUAL = ["lpips", "lpips_rand"]
 PSNR_CAP = 100.0
 
 
@@ -26,20 +29,33 @@ def _cap(v: float) -> float:
 
 
 def score_images(
-    output: Tensor, gt: Tensor, clean_output: Tensor, inputs: Tensor, ids: Sequence[str], **keys: Any
+    output: Tensor, gt: Tensor, clean_output: Tensor, inputs: Tensor, ids: Sequence[str],
+    perceptual: tuple[str, Callable[[Tensor, Tensor], Tensor]] | None = None, **keys: Any
 ) -> list[dict[str, Any]]:
-    """One record per image: keys + psnr, ssim, dev_psnr (vs clean_output), input_psnr."""
+    """One record per image: keys + psnr, ssim, dev_psnr (vs clean_output), input_psnr.
+
+    ``perceptual``: ``(name, fn)`` with ``fn(a, b) -> (B,)``, e.g. ("lpips", LPIPS): adds a
+    ``name`` column (output vs gt; lower is better).
+    """
     p, s = psnr(output, gt), ssim(output, gt)
     dev, inp = psnr(output, clean_output), psnr(inputs.clamp(0, 1), gt)
+    per = perceptual[1](output, gt) if perceptual is not None else None
     return [
-        {**keys, "id": i, "psnr": _cap(p[k]), "ssim": float(s[k]), "dev_psnr": _cap(dev[k]), "input_psnr": _cap(inp[k])}
+        {**keys, "id": i, "psnr": _cap(p[k]), "ssim": float(s[k]), "dev_psnr": _cap(dev[k]), "input_psnr": _cap(inp[k]),
+         **({perceptual[0]: float(per[k])} if per is not None and perceptual is not None else {})}
         for k, i in enumerate(ids)
     ]
 
 
+def metric_names(records: list[dict[str, Any]]) -> list[str]:
+    """METRICS plus the perceptual column the records carry, if any."""
+    present = {k for r in records[:1] for k in r}
+    return METRICS + [m for m in PERCEPTUAL if m in present]
+
+
 def summary_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Long-format table: one row per (restorer, attack, eps, defence) with mean metrics."""
-    rows = summarize(records, by=KEYS, metrics=METRICS)
+    rows = summarize(records, by=KEYS, metrics=metric_names(records))
     return sorted(rows, key=lambda r: (r["restorer"], r["attack"], float(r["eps"]), r["defence"]))
 
 
@@ -49,7 +65,7 @@ def nested(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for r in rows:
         node = out.setdefault(r["restorer"], {}).setdefault(r["attack"], {})
         leaf = node.setdefault(f"eps_{r['eps']:g}", {}).setdefault(r["defence"], {})
-        for m in METRICS:
+        for m in METRICS + PERCEPTUAL:
             if f"{m}_mean" in r:
                 leaf[m] = round(float(r[f"{m}_mean"]), 4)
     return out

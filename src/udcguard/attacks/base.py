@@ -16,15 +16,16 @@ call: ``queries`` forward calls, ``grads`` backward passes. Nothing here reads t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
-from udcguard.attacks.objectives import OBJECTIVES, Objective
-from udcguard.errors import UdcGuardError, UnknownNameError
+from udcguard.attacks.objectives import Objective, resolve_objective
+from udcguard.errors import UdcGuardError
 from udcguard.registry import Registry
 
 ModelFn = Callable[[Tensor], Tensor]
@@ -101,6 +102,11 @@ class Calls:
         return value.detach(), grad
 
 
+def _per_image(v: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, 1, 1) for broadcasting against ``like`` (B, C, H, W)."""
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
 class BestIterate:
     """Keeps, per image, the iterate with the highest objective seen so far (ties: earliest)."""
 
@@ -113,7 +119,7 @@ class BestIterate:
             self.x, self.value = x, value
             return
         better = value > self.value  # (B,); NaN never wins
-        self.x = torch.where(better.view(-1, *([1] * (x.ndim - 1))), x, self.x)
+        self.x = torch.where(_per_image(better, x), x, self.x)
         self.value = torch.where(better, value, self.value)
 
     def result(self) -> Perturbation:
@@ -124,17 +130,112 @@ class BestIterate:
 
 # ---------------------------------------------------------------- helpers for attacks
 def check_eps(eps: float, name: str = "eps") -> float:
-    """An L-inf budget in [0, 1] (the tone-mapped image space)."""
+    """An L-inf budget (or L-inf step) in [0, 1] (the tone-mapped image space)."""
     eps = float(eps)
     if not 0.0 <= eps <= 1.0:  # also rejects NaN
         raise AttackArgumentError(f"{name} must be in [0, 1] (image space), got {eps}")
     return eps
 
 
-def check_steps(steps: int) -> int:
+def check_nonneg(value: float, name: str) -> float:
+    """A finite value >= 0 (L2 budgets and steps, momentum decay)."""
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise AttackArgumentError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def check_steps(steps: int, name: str = "steps") -> int:
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise AttackArgumentError(f"steps must be an integer >= 1, got {steps!r}")
+        raise AttackArgumentError(f"{name} must be an integer >= 1, got {steps!r}")
     return int(steps)
+
+
+def check_random_start(
+    random_start: bool | None, reference: str, restarts: int = 1
+) -> bool:
+    """Resolve ``random_start``: None means True for "clean_output", False for "gt".
+
+    Refuses False with reference "clean_output": the gradient of d(f(x + delta), f(x)) is
+    exactly zero at delta = 0 (the objective is at its minimum), so a gradient attack
+    started at x never moves. Refuses ``restarts > 1`` without a random start (every
+    restart would be the same run).
+    """
+    if random_start is None:
+        random_start = reference == "clean_output"
+    if not random_start and reference == "clean_output":
+        raise AttackArgumentError(
+            "random_start=False with reference='clean_output' cannot move: the gradient of "
+            "d(f(x + delta), f(x)) is zero at delta = 0; use random_start=True or "
+            "reference='gt'"
+        )
+    if not random_start and restarts > 1:
+        raise AttackArgumentError(
+            f"restarts={restarts} needs random_start=True (without a random start every "
+            "restart is the same run)"
+        )
+    return bool(random_start)
+
+
+def best_of_restarts(restarts: int, run: Callable[[], Perturbation]) -> Perturbation:
+    """Call ``run()`` ``restarts`` times; keep, per image, the result with the highest objective.
+
+    Each call draws its own random start from the attack call's generator (consumed in
+    sequence), so the restarts differ and the whole is reproducible from the generator's
+    seed. Ties keep the earliest restart. ``objective_clean`` is the first one reported.
+    """
+    best = BestIterate()
+    obj_clean = None
+    for _ in range(check_steps(restarts, "restarts")):
+        out = run()
+        best.update(out.x_adv, out.objective)
+        if obj_clean is None:
+            obj_clean = out.objective_clean
+    return best.result()._replace(objective_clean=obj_clean)
+
+
+def l2_norm(t: Tensor) -> Tensor:
+    """Per-image L2 norm over (C, H, W): (B, C, H, W) -> (B,)."""
+    return torch.linalg.vector_norm(t.flatten(1), dim=1)
+
+
+def normalize_l2(t: Tensor) -> Tensor:
+    """t / ||t||_2 per image; an all-zero image stays zero. (B, C, H, W) -> same."""
+    n = l2_norm(t).clamp_min(torch.finfo(t.dtype).tiny)
+    return t / _per_image(n, t)
+
+
+def l2_ball_start(
+    x: Tensor, eps: float, mask: Tensor | None, generator: torch.Generator | None
+) -> Tensor:
+    """Random delta inside the L2 ball, as torchattacks' PGDL2: a Gaussian direction scaled
+    to radius r * eps with r ~ U[0, 1] per image (uniform in radius, not in volume).
+
+    The direction is drawn, masked, then normalised, so ||delta||_2 = r * eps exactly
+    (before any [0, 1] clipping) and delta is 0 outside the mask. (B, C, H, W).
+    """
+    direction = torch.empty_like(x).normal_(generator=generator)
+    if mask is not None:
+        direction = direction * mask
+    r = torch.empty(x.shape[0], dtype=x.dtype, device=x.device).uniform_(
+        0.0, 1.0, generator=generator
+    )
+    return normalize_l2(direction) * _per_image(r * eps, x)
+
+
+def project_l2(x_adv: Tensor, x: Tensor, eps: float, mask: Tensor | None) -> Tensor:
+    """Proj onto {||x_adv - x||_2 <= eps} (per image) then [0, 1]; delta zeroed where mask == 0.
+
+    Same arithmetic as torchattacks' PGDL2: delta *= min(eps / ||delta||_2, 1);
+    clamp(x + delta, 0, 1). The clamp only shrinks |delta| elementwise, so the result stays
+    in the ball.
+    """
+    delta = x_adv - x
+    if mask is not None:
+        delta = delta * mask
+    n = l2_norm(delta)
+    factor = torch.where(n > eps, eps / n.clamp_min(torch.finfo(n.dtype).tiny), 1.0)
+    return torch.clamp(x + delta * _per_image(factor, x), min=0.0, max=1.0)
 
 
 def uniform_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
@@ -160,18 +261,31 @@ class Attack:
 
     Args:
         model_fn: ``f(x) -> Tensor``, the restorer (or, in tests, a classifier).
-        objective: name in ``OBJECTIVES`` ("mse" default, "l1"; "ce" for classifiers).
+        objective: name in ``OBJECTIVES`` ("mse" default, "l1", "ssim"; "ce" for classifiers),
+            "lpips_rand", or a callable ``d(output, reference) -> (B,)`` such as
+            ``make_objective("lpips", lpips_backbone=..., lpips_lin=...)``. ``self.objective``
+            holds its display name (the callable's ``name``, else ``__name__``).
         reference: "clean_output" (r = f(x), computed under no_grad) or "gt" (r = the
             ``gt`` passed to the call; labels for "ce").
 
-    Subclasses implement :meth:`perturb`.
+    Subclasses implement :meth:`perturb` and describe their budget with class attributes
+    (read by the invariant tests and reports):
+
+    - ``norm``: "linf" or "l2", the norm of delta = x_adv - x the attack bounds or minimises.
+    - ``bounded``: True if ``||delta||_norm <= eps`` is guaranteed; False for attacks that
+      are unbounded and minimise the norm instead (C&W-L2).
+    - ``eps``: the budget in image units (an instance attribute, set by bounded attacks).
     """
+
+    norm: ClassVar[str] = "linf"
+    bounded: ClassVar[bool] = True
+    eps: float
 
     def __init__(
         self,
         model_fn: ModelFn,
         *,
-        objective: str = "mse",
+        objective: str | Objective = "mse",
         reference: str = "clean_output",
     ) -> None:
         if not callable(model_fn):
@@ -179,15 +293,15 @@ class Attack:
                 f"model_fn must be callable, got {type(model_fn).__name__}"
             )
         try:
-            self._objective_fn = OBJECTIVES.get(objective)
-        except UnknownNameError as e:
+            name, self._objective_fn = resolve_objective(objective)
+        except UdcGuardError as e:
             raise AttackArgumentError(str(e)) from None
         if reference not in REFERENCES:
             raise AttackArgumentError(
                 f"unknown reference {reference!r}; valid: {', '.join(REFERENCES)}"
             )
         self.model_fn = model_fn
-        self.objective = objective
+        self.objective = name
         self.reference = reference
 
     def perturb(

@@ -17,7 +17,9 @@ from udcguard.attacks.base import (
     Calls,
     ModelFn,
     Perturbation,
+    best_of_restarts,
     check_eps,
+    check_random_start,
     check_steps,
     project_linf,
     uniform_start,
@@ -44,6 +46,10 @@ class PGD(Attack):
             reference "clean_output" is therefore refused.
         keep_best: return, per image, the iterate (x_0 .. x_steps) with the highest
             objective. Default True. False: the last iterate, as in the paper's plain PGD.
+        restarts: independent runs, each from a fresh random start drawn from the call's
+            ``generator``; the result keeps, per image, the run with the highest objective
+            (the worst case for the restorer). Default 1. ``restarts > 1`` needs a random
+            start.
         objective: "mse" (default) or "l1" ("ce" for classifier reference tests).
         reference: "clean_output" (default) or "gt".
 
@@ -51,9 +57,10 @@ class PGD(Attack):
         - x: (B, C, H, W) in [0, 1]; gt: like f(x) (labels (B,) for "ce").
         - result.x_adv: (B, C, H, W) in [0, 1], |x_adv - x| <= eps elementwise.
 
-    Cost: ``steps`` forward+backward passes, one forward for the last iterate, plus one
-    forward for r = f(x) when reference is "clean_output" and one for d(f(x), gt) when
-    reference is "gt" with a random start. ``queries`` and ``grads`` count them.
+    Cost: ``restarts * steps`` forward+backward passes, ``restarts`` forwards for the last
+    iterates, plus one forward for r = f(x) when reference is "clean_output" and one for
+    d(f(x), gt) when reference is "gt" with a random start. ``queries`` and ``grads`` count
+    them.
     """
 
     def __init__(
@@ -65,6 +72,7 @@ class PGD(Attack):
         steps: int = 20,
         random_start: bool | None = None,
         keep_best: bool = True,
+        restarts: int = 1,
         objective: str = "mse",
         reference: str = "clean_output",
     ) -> None:
@@ -76,21 +84,15 @@ class PGD(Attack):
                 f"alpha must be in [0, 1] (image space), got {alpha}"
             )
         self.steps = check_steps(steps)
-        if random_start is None:
-            random_start = reference == "clean_output"
-        if not random_start and reference == "clean_output":
-            raise AttackArgumentError(
-                "random_start=False with reference='clean_output' cannot move: the gradient of "
-                "d(f(x + delta), f(x)) is zero at delta = 0; use random_start=True or "
-                "reference='gt'"
-            )
-        self.random_start = bool(random_start)
+        self.restarts = check_steps(restarts, "restarts")
+        self.random_start = check_random_start(random_start, reference, self.restarts)
         self.keep_best = bool(keep_best)
 
     def __repr__(self) -> str:
         return (
             f"PGD(eps={self.eps:.6g}, alpha={self.alpha:.6g}, steps={self.steps}, "
             f"random_start={self.random_start}, keep_best={self.keep_best}, "
+            f"restarts={self.restarts}, "
             f"objective={self.objective!r}, reference={self.reference!r})"
         )
 
@@ -103,6 +105,19 @@ class PGD(Attack):
         generator: torch.Generator | None,
         calls: Calls,
     ) -> Perturbation:
+        return best_of_restarts(
+            self.restarts, lambda: self._run(x, r, mask, generator, calls)
+        )
+
+    def _run(
+        self,
+        x: Tensor,
+        r: Tensor,
+        mask: Tensor | None,
+        generator: torch.Generator | None,
+        calls: Calls,
+    ) -> Perturbation:
+        """One PGD run (one random start)."""
         x_k = x.clone()  # (B, C, H, W)
         if self.random_start:
             x_k = project_linf(

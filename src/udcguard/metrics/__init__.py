@@ -1,6 +1,16 @@
-"""Image metrics (PSNR, SSIM) and per-image records -> summaries (design.md, section 4)."""
+"""Image metrics (PSNR, SSIM, LPIPS) and per-image records -> summaries (design.md, section 4)."""
 
 from udcguard.metrics.image import deviation_psnr, psnr, ssim
+from udcguard.metrics.lpips import LPIPS, build_lpips, lpips_per_image
 from udcguard.metrics.summary import PSNR_CAP_DB, summarize
 
-__all__ = ["PSNR_CAP_DB", "deviation_psnr", "psnr", "ssim", "summarize"]
+__all__ = [
+    "LPIPS",
+    "PSNR_CAP_DB",
+    "build_lpips",
+    "deviation_psnr",
+    "lpips_per_image",
+    "psnr",
+    "ssim",
+    "summarize",
+]
