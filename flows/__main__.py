@@ -98,6 +98,23 @@ def attack(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_:
     _run(flow, params, set_, data_dir=str(data_dir), restorer=restorer)
 
 
+@app.command("select_tstar")
+def select_tstar(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data")) -> None:
+    """PSNR-vs-t* trade-off on a val slice; picks t* when purify.t_star is auto (data/tstar.json)."""
+    from flows.defend import select_tstar_flow as flow
+
+    _run(flow, params, set_, data_dir=str(data_dir))
+
+
+@app.command("adaptive")
+def adaptive(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+             data_dir: DataOpt = Path("data")) -> None:
+    """Adaptive attacks through the purifier: BPDA, EOT, full gradients (data/adaptive/<restorer>)."""
+    from flows.defend import adaptive_flow as flow
+
+    _run(flow, params, set_, data_dir=str(data_dir), restorer=restorer)
+
+
 @app.command("purify")
 def purify(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
            data_dir: DataOpt = Path("data")) -> None:

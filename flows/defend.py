@@ -6,12 +6,14 @@ from typing import Any
 
 from prefect import flow
 
+from tasks.adaptive import adaptive_attacks
 from tasks.attack import attack_restorer
 from tasks.common import Paths, fingerprint
 from tasks.purification import purify_sets, purify_train_set
+from tasks.select import select_tstar
 from tasks.tracking import stage_run
 from udcguard.config import load_params
-from udcguard.io.atomic import staged_output
+from udcguard.io.atomic import save_json, staged_output
 
 
 @flow(name="attack")
@@ -35,7 +37,8 @@ def purify_flow(restorer: str, params_path: str = "params.yaml", overrides: dict
     """Purify the clean and adversarial inputs of ``restorer`` -> data/purified/<restorer>/."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     with stage_run("purify", params, params_path, tags={"restorer": restorer}) as run:
-        with staged_output(paths.purified(restorer), fingerprint(params, "purify", "attack", "lpips", extra=restorer)) as out:
+        with staged_output(paths.purified(restorer), fingerprint(params, "purify", "attack", "lpips",
+                                                                  extra=restorer + tstar_digest(paths))) as out:
             sets = purify_sets(params, restorer, data_dir, str(out))
         run.log_metrics({"sets": len(sets)})
     return str(paths.purified(restorer))
@@ -51,3 +54,39 @@ def purify_train_flow(params_path: str = "params.yaml", overrides: dict[str, Any
             strengths = purify_train_set(params, data_dir, str(out))
         run.log_metrics({"strengths": len(strengths)})
     return str(paths.purified_train)
+
+
+def tstar_digest(paths: Paths) -> str:
+    """The selected t* enters the fingerprints of the stages that use it."""
+    return paths.tstar.read_text() if paths.tstar.exists() else ""
+
+
+@flow(name="select_tstar")
+def select_tstar_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
+                      data_dir: str = "data") -> str:
+    """PSNR-vs-t* on a val slice (clean and attacked; unguided and guided) -> data/tstar.json; t* if auto."""
+    params, paths = load_params(params_path, overrides), Paths(data_dir)
+    with stage_run("select_tstar", params, params_path) as run:
+        info = select_tstar(params, data_dir)
+        save_json(paths.tstar, info)
+        run.log_metrics({"t_star": info["t_star"], "selected_t_star": info["selected"]})
+        for row in info["curve"]:
+            run.log_metrics({"val_clean_psnr": row["clean_psnr"], "val_attacked_psnr": row["attacked_psnr"]},
+                            step=int(row["t"]))
+        run.log_artifact(paths.tstar)
+    return str(paths.tstar)
+
+
+@flow(name="adaptive")
+def adaptive_flow(restorer: str, params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
+                  data_dir: str = "data") -> str:
+    """Adaptive attacks through the purifier (BPDA, EOT, full) -> data/adaptive/<restorer>/."""
+    params, paths = load_params(params_path, overrides), Paths(data_dir)
+    params.restorer(restorer)
+    fp = fingerprint(params, "attack", "adaptive", "purify", "lpips", extra=restorer + tstar_digest(paths))
+    with stage_run("adaptive", params, params_path, tags={"restorer": restorer}) as run:
+        with staged_output(paths.adaptive(restorer), fp) as out:
+            info = adaptive_attacks(params, restorer, data_dir, str(out))
+        run.log_metrics(info)
+        run.log_artifact(paths.adaptive(restorer) / "records.json")
+    return str(paths.adaptive(restorer))

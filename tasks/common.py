@@ -61,6 +61,7 @@ class Paths:
     udc = property(lambda self: self.data / "udc")
     purifier = property(lambda self: self.data / "purifier")
     purified_train = property(lambda self: self.data / "purified_train")
+    tstar = property(lambda self: self.data / "tstar.json")
     ckpt = property(lambda self: self.data / ".ckpt")
 
     def model(self, name: str) -> Path:
@@ -71,6 +72,9 @@ class Paths:
 
     def purified(self, name: str) -> Path:
         return self.data / "purified" / name
+
+    def adaptive(self, name: str) -> Path:
+        return self.data / "adaptive" / name
 
     def finetuned(self, name: str) -> Path:
         return self.data / "finetuned" / name

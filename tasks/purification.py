@@ -13,7 +13,7 @@ from tasks.common import Paths, progress, resolve_device
 from tasks.tracking import RunLogger
 from tasks.train import _fit_with_resume
 from udcguard.config import Params
-from udcguard.io.atomic import save_json
+from udcguard.io.atomic import read_json, save_json
 from udcguard.io.datasets import load_inputs, load_split, save_inputs
 from udcguard.io.purifier_store import load_purifier, save_purifier
 from udcguard.purify.diffusion import (
@@ -22,6 +22,7 @@ from udcguard.purify.diffusion import (
     diffusion_loss,
     make_scheduler,
 )
+from udcguard.purify.guidance import LowFreqGuidance
 from udcguard.train.augment import sample_batch
 
 
@@ -65,14 +66,57 @@ def train_purifier(params: Params, data_dir: str, out_dir: str, fp: str, run_id:
     return {"parameters": sum(q.numel() for q in unet.parameters()), "final_loss": history["loss"][-1]}
 
 
+def deployed_purifier(params: Params, paths: Paths, device: torch.device) -> Purifier:
+    """The trained purifier with params.purify's speed options (CUDA only: autocast, channels_last, compile)."""
+    p = params.purify
+    base = load_purifier(paths.purifier, device=device)
+    return Purifier(base.unet, base.scheduler, channels_last=p.channels_last, autocast=p.autocast, compile=p.compile)
+
+
+def guidance_of(params: Params, scale: float | None = None) -> LowFreqGuidance | None:
+    """The input guidance of params.purify.guidance (None when its scale is 0)."""
+    g = params.purify.guidance
+    scale = g.scale if scale is None else scale
+    if scale == 0:
+        return None
+    return LowFreqGuidance(scale=scale, sigma_px=g.sigma_px, lowpass=g.lowpass, pool_factor=g.pool_factor,
+                           schedule=g.schedule)
+
+
+def sampler_options(params: Params) -> dict:
+    """Purifier.purify keyword arguments from params.purify (sampler, tiles, guidance)."""
+    p = params.purify
+    return {"sampler": p.sampler, "steps": p.ddim_steps if p.sampler == "ddim" else None, "eta": p.eta,
+            "tile": p.tile_px, "overlap": p.tile_overlap_px if p.tile_px else None, "guidance": guidance_of(params)}
+
+
+def selected_t_star(params: Params, paths: Paths) -> int:
+    """t* in use: params.purify.t_star, or the select_tstar stage's choice when it is auto."""
+    if params.purify.t_star != "auto":
+        return params.t_star_fixed()
+    info = read_json(paths.tstar, "t* selection", hint=" (run the select_tstar stage first)")
+    return int(info["t_star"])
+
+
+def draw_seed(seed: int, k: int) -> int:
+    """Seed of purification draw k (k = 0: ``seed`` itself, as before draws existed)."""
+    return seed + 1_000_003 * k
+
+
+def draw_dir(set_name: str, k: int) -> str:
+    """Directory of draw k of a purified set: ``<set>`` for k = 0, ``<set>~s<k>`` after."""
+    return set_name if k == 0 else f"{set_name}~s{k}"
+
+
 def purify_set(purifier: Purifier, x: torch.Tensor, ids: list[str], *, t_star: int, seed: int,
-               batch_size: int, desc: str) -> torch.Tensor:
+               batch_size: int, desc: str, **options) -> torch.Tensor:
     """Purify (N, 3, H, W) in batches with per-image seeds; progress bar per batch."""
     seeds = image_seeds(seed, ids)
     out = []
     bar = progress(len(ids), desc)
     for i in range(0, len(ids), batch_size):
-        out.append(purifier.purify(x[i : i + batch_size], t_star=t_star, seeds=seeds[i : i + batch_size]).cpu())
+        out.append(purifier.purify(x[i : i + batch_size], t_star=t_star, seeds=seeds[i : i + batch_size],
+                                   **options).cpu())
         bar.update(len(out[-1]))
     bar.close()
     return torch.cat(out) if out else x.clone()
@@ -80,17 +124,21 @@ def purify_set(purifier: Purifier, x: torch.Tensor, ids: list[str], *, t_star: i
 
 @task(name="purify", cache_policy=NO_CACHE)
 def purify_sets(params: Params, name: str, data_dir: str, out_dir: str) -> list[str]:
-    """Purify the clean evaluation inputs and every adversarial set of one restorer."""
+    """Purify the clean evaluation inputs and every adversarial set of one restorer, ``purify.seeds`` draws each."""
     paths, p = Paths(data_dir), params.purify
-    purifier = load_purifier(paths.purifier, device=resolve_device(p.device))
+    purifier = deployed_purifier(params, paths, resolve_device(p.device))
+    t_star, options = selected_t_star(params, paths), sampler_options(params)
     sets = sorted(d.name for d in paths.attacks(name).iterdir() if (d / "manifest.json").exists())
     written = []
     for set_name in sets:
         x, ids, extra = load_inputs(paths.attacks(name) / set_name)
-        y = purify_set(purifier, x, list(ids), t_star=p.t_star, seed=p.seed, batch_size=p.batch_size,
-                       desc=f"purify {name}/{set_name}")
-        save_inputs(Path(out_dir) / set_name, y, ids, {**extra, "t_star": p.t_star, "purify_seed": p.seed})
-        written.append(set_name)
+        for k in range(p.seeds):
+            y = purify_set(purifier, x, list(ids), t_star=t_star, seed=draw_seed(p.seed, k), batch_size=p.batch_size,
+                           desc=f"purify {name}/{set_name} draw {k}", **options)
+            save_inputs(Path(out_dir) / draw_dir(set_name, k), y, ids,
+                        {**extra, "t_star": t_star, "purify_seed": draw_seed(p.seed, k), "draw": k,
+                         "sampler": p.sampler})
+            written.append(draw_dir(set_name, k))
     return written
 
 
@@ -98,10 +146,10 @@ def purify_sets(params: Params, name: str, data_dir: str, out_dir: str) -> list[
 def purify_train_set(params: Params, data_dir: str, out_dir: str) -> list[int]:
     """Purify the first ``finetune.train_images`` train inputs at each strength in t_stars."""
     paths, f, p = Paths(data_dir), params.finetune, params.purify
-    purifier = load_purifier(paths.purifier, device=resolve_device(p.device))
+    purifier = deployed_purifier(params, paths, resolve_device(p.device))
     pairs = load_split(paths.udc / "train", psf_dir=None, max_items=f.train_images)
     for t_star in f.t_stars:
         y = purify_set(purifier, pairs.lq, list(pairs.ids), t_star=t_star, seed=p.seed + t_star,
-                       batch_size=p.batch_size, desc=f"purify train t*={t_star}")
+                       batch_size=p.batch_size, desc=f"purify train t*={t_star}", **sampler_options(params))
         save_inputs(Path(out_dir) / f"t_{t_star}", y, pairs.ids, {"t_star": t_star, "split": "train"})
     return list(f.t_stars)

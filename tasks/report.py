@@ -54,6 +54,37 @@ def matrix(rows: list[dict]) -> tuple[list[dict], list[str]]:
     return out, ["restorer", "attack", "eps", "none", "purify", "purify+finetune"]
 
 
+def adaptive_table(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Gray-box vs adaptive settings of each defended system (purify, purify+finetune)."""
+    keep = [r for r in rows if r.get("setting", "").startswith(("gray-box", "adaptive"))]
+    adaptive_attacks = {r["attack"].split("@")[0] for r in keep if "@" in r["attack"]}
+    keep = [r for r in keep if r["attack"].split("@")[0] in adaptive_attacks
+            and r["eps"] in {x["eps"] for x in keep if "@" in x["attack"]}]
+    keep.sort(key=lambda r: (r["restorer"], r["defence"], r["eps"], r["setting"]))
+    return keep, ["restorer", "defence", "eps", "setting", "psnr_mean", "psnr_worst_mean", "ssim_mean",
+                  "ssim_worst_mean", "count"]
+
+
+def tstar_section(paths: Paths) -> str:
+    """The PSNR-vs-t* trade-off (clean vs attacked, unguided and guided) with the chosen t* marked."""
+    if not paths.tstar.exists():
+        return "<p>no t* selection (data/tstar.json missing)</p>"
+    info = json.loads(paths.tstar.read_text())
+    series = {}
+    for key, label in (("curve", ""), ("guided_curve", f" guided {info.get('guided_scale', 0):g}")):
+        pts = info.get(key) or []
+        if pts:
+            ts = [r["t"] for r in pts]
+            series[f"clean{label}"] = (ts, [r["clean_psnr"] for r in pts])
+            series[f"attacked{label}"] = (ts, [r["attacked_psnr"] for r in pts])
+    plot = line_plot(series, xlabel="t* (DDPM timestep)", ylabel="restored PSNR (dB)",
+                     title=f"{info['restorer']}, val slice of {info['images']}, {info['attack']} at eps {info['eps']:g}",
+                     vline=(info["t_star"], f"t* = {info['t_star']} ({info['mode']})"))
+    note = (f"<p>t* = {info['t_star']} ({info['mode']}; the {info['criterion']} criterion selects "
+            f"{info['selected']}). Attacked inputs are fixed (gray-box); see the adaptive table.</p>")
+    return note + image(_png(plot), "psnr vs t*")
+
+
 def attack_costs(params: Params, paths: Paths) -> tuple[list[dict], list[str]]:
     """Mean objective, norms, queries, gradients and seconds per image, by restorer x attack x eps."""
     recs = []
@@ -77,9 +108,13 @@ def write_report(params: Params, data_dir: str, reports_dir: str) -> str:
             except ValueError:
                 pass
     perceptual = next((m for m in PERCEPTUAL if f"{m}_mean" in rows[0]), None)
-    cols = ["restorer", "attack", "eps", "defence", "psnr_mean", "ssim_mean",
+    cols = ["restorer", "attack", "eps", "defence", "setting", "psnr_mean", "psnr_worst_mean", "ssim_mean",
             *([f"{perceptual}_mean"] if perceptual else []), "dev_psnr_mean", "input_psnr_mean", "count"]
+    draws = params.purify.seeds
     sections = [("Attack matrix: PSNR (dB) per restorer x attack at its strongest level", table(*matrix(rows))),
+                (f"Defence under adaptive attacks (mean / worst case over {draws} purification draw"
+                 f"{'s' if draws > 1 else ''})", table(*adaptive_table(rows))),
+                ("Purification strength t*", tstar_section(paths)),
                 ("Results (tone-mapped domain, mean over images)", table(rows, [c for c in cols if c in rows[0]])),
                 ("Attack cost (mean per image)", table(*attack_costs(params, paths)))]
     multi = [s.id for s in params.attack.attacks if len(s.eps) > 1]
@@ -114,8 +149,12 @@ def write_report(params: Params, data_dir: str, reports_dir: str) -> str:
     a = params.attack
     sets = "; ".join(f"{s.id} ({s.attack}{', eps ' + str(list(s.eps)) if s.eps else ''}, "
                      f"{s.objective or a.objective})" for s in a.attacks)
-    subtitle = (f"attacks: {sets}; reference {a.reference}, region {a.region}; purification DDPM from "
-                f"t*={params.purify.t_star}; gray-box setting (attack on the undefended restorer)")
+    p = params.purify
+    sampler = "DDPM" if p.sampler == "ddpm" else f"DDIM-{p.ddim_steps} (eta {p.eta:g})"
+    subtitle = (f"attacks: {sets}; reference {a.reference}, region {a.region}; purification {sampler} from "
+                f"t* = {p.t_star}, {p.seeds} draw(s) per image, guidance scale {p.guidance.scale:g}; settings: "
+                f"white-box (no defence), gray-box (attack the restorer, purify after), adaptive-bpda/eot/full "
+                f"(attack through the purifier)")
     page = render("udcguard report", sections, subtitle=subtitle)
     write_bytes(out / "index.html", page.encode())
     return str(out / "index.html")

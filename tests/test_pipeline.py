@@ -71,17 +71,24 @@ def test_adversarial_sets_respect_budget(run_dir: Path) -> None:
 def test_metrics_table_and_report(run_dir: Path) -> None:
     rows = list(csv.DictReader((run_dir / "reports" / "metrics.csv").open()))
     keys = {(r["restorer"], r["attack"], float(r["eps"]), r["defence"]) for r in rows}
-    assert len(keys) == len(rows) == 2 * 5 * 3  # restorers x (clean + pgd 2 levels + cw + simba) x defences
+    # restorers x ((clean + pgd 2 levels + cw + simba) x 3 defences + 3 adaptive settings x 2 defended systems)
+    assert len(keys) == len(rows) == 2 * (5 * 3 + 3 * 2)
+    settings = {(r["attack"], r["defence"]): r["setting"] for r in rows}
+    assert settings[("pgd_linf", "none")] == "white-box" and settings[("pgd_linf", "purify")] == "gray-box"
+    assert settings[("pgd_linf@adaptive-eot", "purify+finetune")] == "adaptive-eot"
+    assert all(float(r["psnr_worst_mean"]) <= float(r["psnr_mean"]) + 1e-9 for r in rows)
     assert all(float(r["lpips_rand_mean"]) >= 0 for r in rows)  # no LPIPS weights: the named stand-in
     nested = json.loads((run_dir / "reports" / "metrics.json").read_text())
     assert set(nested) == {"unet", "discnet"}
-    assert set(nested["unet"]) == {"none", "pgd_linf", "cw_l2", "simba"}
+    assert set(nested["unet"]) == {"none", "pgd_linf", "cw_l2", "simba", "pgd_linf@adaptive-bpda",
+                                   "pgd_linf@adaptive-eot", "pgd_linf@adaptive-full"}
     assert set(nested["unet"]["pgd_linf"]) == {"eps_2", "eps_8"}
     per_image = list(csv.DictReader((run_dir / "reports" / "per_image.csv").open()))
     assert len(per_image) == len(rows) * 2  # two test images
     html = (run_dir / "reports" / "index.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and "purify+finetune" in html
     assert "Attack matrix" in html and "Attack cost" in html and "simba" in html
+    assert "adaptive attacks" in html and "Purification strength t*" in html
     curve = list(csv.DictReader((run_dir / "reports" / "plots" / "psnr_vs_eps.csv").open()))
     assert {float(r["eps"]) for r in curve} == {0.0, 2.0, 8.0}
 
@@ -115,8 +122,8 @@ def test_mlflow_parent_nested_runs_and_registry(run_dir: Path) -> None:
     exp = client.get_experiment_by_name("tests")
     runs = client.search_runs([exp.experiment_id], max_results=500)
     parents = [r for r in runs if r.data.tags.get("udcguard.kind") == "pipeline"]
-    everything = {"synthesize", "train_restorer", "train_purifier", "purify_train", "attack", "purify", "finetune",
-                  "evaluate", "report"}
+    everything = {"synthesize", "train_restorer", "train_purifier", "purify_train", "select_tstar", "attack", "purify",
+                  "finetune", "adaptive", "evaluate", "report"}
     children = []
     for p in parents:  # one parent gathers every stage of the pipeline execution
         mine = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
@@ -128,6 +135,24 @@ def test_mlflow_parent_nested_runs_and_registry(run_dir: Path) -> None:
     assert all("train_loss" in client.get_metric_history(r.info.run_id, "train_loss")[0].key for r in trained)
     versions = client.search_model_versions("name = 'udcguard-discnet-finetuned'")
     assert versions and int(versions[0].version) >= 1
+
+
+def test_tstar_selection_and_purification_draws(run_dir: Path) -> None:
+    from udcguard.io.datasets import load_inputs
+
+    info = json.loads((run_dir / "data" / "tstar.json").read_text())
+    assert info["mode"] == "fixed" and info["t_star"] == 5 and info["selected"] in (0, 3, 5)
+    assert [r["t"] for r in info["curve"]] == [0, 3, 5] and len(info["guided_curve"]) == 3
+    t0 = info["curve"][0]
+    assert t0["clean_psnr"] > t0["attacked_psnr"]  # at t* = 0 the attack is undiminished
+    d0, _, m0 = load_inputs(run_dir / "data" / "purified" / "unet" / "pgd_linf.eps_8")
+    d1, _, m1 = load_inputs(run_dir / "data" / "purified" / "unet" / "pgd_linf.eps_8~s1")
+    assert m0["draw"] == 0 and m1["draw"] == 1 and not torch.equal(d0, d1)  # two purification draws
+    records = json.loads((run_dir / "data" / "adaptive" / "unet" / "records.json").read_text())
+    assert {r["setting"] for r in records} == {"adaptive-bpda", "adaptive-eot", "adaptive-full"}
+    eot = [r for r in records if r["setting"] == "adaptive-eot"]
+    bpda = [r for r in records if r["setting"] == "adaptive-bpda"]
+    assert eot[0]["grads"] == 2 * bpda[0]["grads"]  # EOT: 2 draws per attack step
 
 
 def test_evaluate_user_pairs(run_dir: Path, tmp_path: Path) -> None:
@@ -223,7 +248,7 @@ NEW_ARCHS = ("uformer", "udcunet", "bnudc", "dwformer", "restormer", "nafnet")
 
 def test_every_restorer_runs_through_the_stages(run_dir: Path, tmp_path: Path) -> None:
     """Naming an architecture in params.yaml is all it takes: train, attack, purify, fine-tune, evaluate."""
-    from flows.defend import attack_flow, purify_flow
+    from flows.defend import adaptive_flow, attack_flow, purify_flow
     from flows.evaluate import evaluate_flow
     from flows.train import finetune_flow, train_restorer_flow
     from udcguard.models import RESTORERS
@@ -241,6 +266,7 @@ def test_every_restorer_runs_through_the_stages(run_dir: Path, tmp_path: Path) -
         attack_flow(arch, **common)
         purify_flow(arch, **common)
         finetune_flow(arch, **common)
+        adaptive_flow(arch, **common)
     evaluate_flow(**common, reports_dir=str(tmp_path / "reports"))
     rows = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert set(rows) == set(NEW_ARCHS)

@@ -463,13 +463,86 @@ class LpipsParams(Frozen):
         return self.backbone_path is not None
 
 
-class PurifyParams(Frozen):
-    """DiffPure-style purification: noise to t*, reverse DDPM back to 0."""
+class GuidanceParams(Frozen):
+    """Input-guided purification (udcguard.purify.guidance.LowFreqGuidance); off at scale 0."""
 
-    t_star: int = Field(100, ge=0, le=10_000, description="timestep of the forward diffusion")
+    scale: float = Field(0.0, ge=0.0, le=10.0, description="fraction of the low-pass gap to the input removed per step")
+    sigma_px: float = Field(2.0, gt=0.0, le=64.0)
+    lowpass: Literal["gaussian", "pool"] = "gaussian"
+    pool_factor: int = Field(4, ge=1, le=64)
+    schedule: Literal["constant", "sqrt_one_minus_abar"] = "constant"
+    compare_scale: float = Field(0.1, ge=0.0, le=10.0, description="guided curve shown next to the unguided one")
+
+
+class SelectionParams(Frozen):
+    """The PSNR-vs-t* trade-off on a held-out val slice; picks t* when purify.t_star is auto."""
+
+    candidates: tuple[Annotated[int, Field(ge=0, le=10_000)], ...] = (0, 5, 10, 20, 40, 80)
+    criterion: Literal["balanced", "max_attacked_within"] = "balanced"
+    max_clean_drop_db: float | None = Field(None, gt=0.0, le=100.0)
+    images: int = Field(8, ge=1, le=10_000, description="val images")
+    attack: str = Field("pgd_linf", description="an id of attack.attacks: its strongest level attacks the slice")
+    restorer: str | None = Field(None, description="None: the first restorer")
+
+    @model_validator(mode="after")
+    def _check(self) -> SelectionParams:
+        if not self.candidates or len(set(self.candidates)) != len(self.candidates):
+            raise ValueError("candidates: give distinct timesteps")
+        if self.criterion == "balanced" and self.max_clean_drop_db is not None:
+            raise ValueError("max_clean_drop_db applies to criterion max_attacked_within only")
+        return self
+
+
+class PurifyParams(Frozen):
+    """DiffPure-style purification: noise to t*, reverse DDPM (or DDIM) back to 0."""
+
+    t_star: int | float | Literal["auto"] = Field(
+        100, description="timestep (int), fraction of the schedule (0 < f < 1), or auto (selection on val)"
+    )
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    ddim_steps: int = Field(10, ge=1, le=10_000)
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM stochasticity (0: deterministic)")
+    tile_px: int | None = Field(None, ge=8, le=8192, description="purify in tiles of this size (any image size)")
+    tile_overlap_px: int = Field(16, ge=0, le=4096)
+    seeds: int = Field(1, ge=1, le=64, description="purification draws per image: scored as mean and worst case")
+    autocast: Literal["bf16", "fp16"] | None = Field(None, description="CUDA only; CPU runs fp32")
+    channels_last: bool = Field(False, description="CUDA only")
+    compile: bool = Field(False, description="torch.compile the UNet (CUDA only)")
+    guidance: GuidanceParams = GuidanceParams()
+    selection: SelectionParams = SelectionParams()
     batch_size: int = Field(16, ge=1, le=4096)
     device: Device = "auto"
     seed: int = Field(0, ge=0)
+
+    @field_validator("t_star")
+    @classmethod
+    def _t_star(cls, v: int | float | str) -> int | float | str:
+        if isinstance(v, bool):
+            raise ValueError("t_star: a timestep, a fraction or auto")
+        if isinstance(v, float) and not v.is_integer() and not 0.0 < v < 1.0:
+            raise ValueError("a fractional t_star must lie in (0, 1)")
+        if isinstance(v, (int, float)) and v < 0:
+            raise ValueError("t_star must be >= 0")
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        return v
+
+    @model_validator(mode="after")
+    def _tiles(self) -> PurifyParams:
+        if self.tile_px is not None and self.tile_overlap_px >= self.tile_px:
+            raise ValueError("tile_overlap_px must be smaller than tile_px")
+        return self
+
+
+class AdaptiveParams(Frozen):
+    """Adaptive attacks through the purifier (design.md section 3): BPDA, EOT, full gradients."""
+
+    settings: tuple[Literal["bpda", "eot", "full"], ...] = ("bpda", "eot", "full")
+    attack: str = Field("pgd_linf", description="an id of attack.attacks, run on restorer o purifier")
+    eps: tuple[Annotated[float, Field(gt=0.0)], ...] = Field((8.0,), description="levels, the attack's units")
+    eot_samples: int = Field(4, ge=1, le=1024)
+    ddim_steps: int = Field(5, ge=1, le=1000, description="length of the differentiable DDIM chain (full)")
+    max_images: int | None = Field(8, ge=1)
 
 
 class FinetuneParams(Frozen):
@@ -520,6 +593,7 @@ class Params(Frozen):
     attack: AttackParams = AttackParams()
     lpips: LpipsParams = LpipsParams()
     purify: PurifyParams = PurifyParams()
+    adaptive: AdaptiveParams = AdaptiveParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
@@ -534,6 +608,15 @@ class Params(Frozen):
     @field_serializer("restorers")
     def _restorers_to_mapping(self, v: tuple[RestorerParams, ...]) -> dict[str, dict[str, Any]]:
         return {r.name: r.model_dump(exclude={"name"}) for r in v}
+
+    def t_star_fixed(self) -> int:
+        """purify.t_star as a timestep: a fraction f maps to round(f (T - 1)); "auto" is an error here."""
+        t = self.purify.t_star
+        if t == "auto":
+            raise ConfigError("purify.t_star is auto: read the selected t* from the select_tstar stage")
+        if isinstance(t, float):
+            return round(t * (self.purifier.num_train_timesteps - 1))
+        return int(t)
 
     def restorer(self, name: str) -> RestorerParams:
         """The restorer called ``name``; ConfigError listing the configured ones otherwise."""
@@ -556,7 +639,22 @@ class Params(Frozen):
                 raise ValueError(f"attack.attacks.{a.id}.options.surrogate: no restorer {surrogate!r}; "
                                  f"configured: {', '.join(names)}")
         top = self.purifier.max_timestep if self.purifier.max_timestep is not None else self.purifier.num_train_timesteps - 1
-        for where, t in [("purify.t_star", self.purify.t_star)] + [("finetune.t_stars", t) for t in self.finetune.t_stars]:
+        ids = [a.id for a in self.attack.attacks]
+        for where, attack_id in (("purify.selection.attack", self.purify.selection.attack),
+                                 ("adaptive.attack", self.adaptive.attack)):
+            if ids and attack_id not in ids:
+                raise ValueError(f"{where}: no attack set {attack_id!r} in attack.attacks; configured: {', '.join(ids)}")
+        if ids:
+            adaptive_spec = self.attack.spec(self.adaptive.attack)
+            if adaptive_spec.attack == "transfer" or not adaptive_spec.eps:
+                raise ValueError(f"adaptive.attack: {adaptive_spec.id} ({adaptive_spec.attack}) must be a bounded "
+                                 "gradient or query attack with eps levels (not transfer / cw_l2)")
+        if self.purify.selection.restorer is not None and self.purify.selection.restorer not in names:
+            raise ValueError(f"purify.selection.restorer: no restorer {self.purify.selection.restorer!r}")
+        fixed = [self.t_star_fixed()] if self.purify.t_star != "auto" else []
+        checks = [("purify.t_star", t) for t in fixed] + [("purify.selection.candidates", t)
+                                                        for t in self.purify.selection.candidates]
+        for where, t in checks + [("finetune.t_stars", t) for t in self.finetune.t_stars]:
             if t > top:
                 raise ValueError(f"{where}={t} exceeds the purifier's trained range (t <= {top}: purifier.max_timestep "
                                  "/ num_train_timesteps)")

@@ -17,8 +17,8 @@ from torch import Tensor
 from udcguard.metrics.image import psnr, ssim
 from udcguard.metrics.summary import summarize
 
-KEYS = ["restorer", "attack", "eps", "defence"]
-METRICS = ["psnr", "ssim", "dev_psnr", "input_psnr"]
+KEYS = ["restorer", "attack", "eps", "defence", "setting"]
+METRICS = ["psnr", "ssim", "dev_psnr", "input_psnr", "psnr_worst", "ssim_worst"]
 #: Perceptual metric columns: at most one of them is present in a table.
 PERCEPTUAL = ["lpips", "lpips_rand"]
 PSNR_CAP = 100.0
@@ -47,10 +47,38 @@ def score_images(
     ]
 
 
+def merge_draws(draws: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per-image records of K purification draws -> one record per image (design.md section 4).
+
+    Every metric becomes its mean over the draws; ``psnr_worst`` / ``ssim_worst`` are the
+    minimum over draws (the worst case for the defender), ``<lpips>_worst`` the maximum;
+    ``draws`` is K. With one draw (or a deterministic defence) worst = mean.
+    """
+    if not draws:
+        raise ValueError("merge_draws: no draws")
+    out = []
+    for per_image in zip(*draws, strict=True):
+        first = per_image[0]
+        if any(r["id"] != first["id"] for r in per_image):
+            raise ValueError("merge_draws: draws list the images in different orders")
+        rec = dict(first)
+        numeric = [k for k, v in first.items() if isinstance(v, float) and k not in KEYS]
+        for k in numeric:
+            rec[k] = sum(r[k] for r in per_image) / len(per_image)
+        rec["psnr_worst"] = min(r["psnr"] for r in per_image)
+        rec["ssim_worst"] = min(r["ssim"] for r in per_image)
+        for m in PERCEPTUAL:
+            if m in first:
+                rec[f"{m}_worst"] = max(r[m] for r in per_image)
+        rec["draws"] = len(per_image)
+        out.append(rec)
+    return out
+
+
 def metric_names(records: list[dict[str, Any]]) -> list[str]:
     """METRICS plus the perceptual column the records carry, if any."""
     present = {k for r in records[:1] for k in r}
-    return METRICS + [m for m in PERCEPTUAL if m in present]
+    return METRICS + [x for m in PERCEPTUAL if m in present for x in (m, f"{m}_worst")]
 
 
 def summary_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -65,7 +93,7 @@ def nested(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for r in rows:
         node = out.setdefault(r["restorer"], {}).setdefault(r["attack"], {})
         leaf = node.setdefault(f"eps_{r['eps']:g}", {}).setdefault(r["defence"], {})
-        for m in METRICS + PERCEPTUAL:
+        for m in METRICS + PERCEPTUAL + [f"{m}_worst" for m in PERCEPTUAL]:
             if f"{m}_mean" in r:
                 leaf[m] = round(float(r[f"{m}_mean"]), 4)
     return out

@@ -73,8 +73,12 @@ def line_plot(
     logy: bool = False,
     inches: tuple[float, float] = (5.0, 3.4),
     dpi: int = 100,
+    vline: tuple[float, str] | None = None,
 ) -> np.ndarray:
-    """Render named (x, y) series as a line plot; returns (H, W, 3) uint8."""
+    """Render named (x, y) series as a line plot; returns (H, W, 3) uint8.
+
+    ``vline``: (x, label) draws a dashed vertical marker (e.g. the selected t*).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -83,6 +87,8 @@ def line_plot(
     ax = fig.subplots()
     for label, (x, y) in series.items():
         ax.plot(list(x), list(y), marker="o" if len(x) < 30 else None, ms=3, lw=1.2, label=label)
+    if vline is not None:
+        ax.axvline(vline[0], ls="--", lw=1.0, color="k", label=vline[1])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:

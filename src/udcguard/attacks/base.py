@@ -12,6 +12,12 @@ codes live inside the closure and are not attacked). Attacks call it in whatever
 in (the caller sets ``eval()``), take gradients with respect to the input only
 (``torch.autograd.grad``: the model's ``.grad`` fields are never touched) and count every
 call: ``queries`` forward calls, ``grads`` backward passes. Nothing here reads the clock.
+
+Expectation over transformation (EOT, Athalye et al., arXiv 1802.00420): a stochastic
+``model_fn`` (e.g. :class:`udcguard.attacks.adaptive.DefendedModel`, a restorer behind a
+diffusion purifier) may carry an integer attribute ``eot_samples = N``; :class:`Calls` then
+averages :meth:`Calls.value` and :meth:`Calls.value_and_grad` over N calls (N draws of its
+randomness), counting N queries (and N backward passes). Attacks need no change.
 """
 
 from __future__ import annotations
@@ -70,12 +76,26 @@ class Perturbation(NamedTuple):
     )
 
 
+def eot_samples_of(model_fn: ModelFn) -> int:
+    """N, the calls averaged per value / gradient: ``model_fn.eot_samples`` if set, else 1."""
+    n = getattr(model_fn, "eot_samples", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise AttackArgumentError(f"model_fn.eot_samples must be an integer >= 1, got {n!r}")
+    return n
+
+
 class Calls:
-    """Counted access to the model and the objective for one attack call."""
+    """Counted access to the model and the objective for one attack call.
+
+    With ``model_fn.eot_samples = N > 1`` (a stochastic model), :meth:`value` and
+    :meth:`value_and_grad` return the mean over N calls (EOT; N queries, N backward passes);
+    :meth:`forward` is always one call.
+    """
 
     def __init__(self, model_fn: ModelFn, objective: Objective) -> None:
         self._model_fn = model_fn
         self._objective = objective
+        self.eot_samples = eot_samples_of(model_fn)
         self.queries = 0
         self.grads = 0
 
@@ -85,15 +105,30 @@ class Calls:
         return self._model_fn(x)
 
     def value(self, x: Tensor, r: Tensor) -> Tensor:
-        """d(f(x), r), (B,), without a graph; one query."""
+        """d(f(x), r), (B,), without a graph; one query (EOT: mean of N, N queries)."""
         with torch.no_grad():
-            return self._objective(self.forward(x), r)
+            value = self._objective(self.forward(x), r)
+            for _ in range(self.eot_samples - 1):
+                value = value + self._objective(self.forward(x), r)
+        return value / self.eot_samples if self.eot_samples > 1 else value
 
     def value_and_grad(self, x: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """(d(f(x), r) (B,), its gradient w.r.t. x (B, C, H, W)); one query, one backward.
 
         The images are independent: the gradient of the batch sum is each image's own.
+        EOT (``eot_samples = N > 1``): the means of the N values and N gradients, one call
+        and one backward pass each (N queries, N backward passes).
         """
+        value, grad = self._value_and_grad(x, r)
+        if self.eot_samples == 1:
+            return value, grad
+        for _ in range(self.eot_samples - 1):
+            v, g = self._value_and_grad(x, r)
+            value, grad = value + v, grad + g
+        return value / self.eot_samples, grad / self.eot_samples
+
+    def _value_and_grad(self, x: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+        """One call and one backward pass (counted)."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             value = self._objective(self.forward(x), r)  # (B,)

@@ -7,7 +7,9 @@ and the reverse process projects the sample back towards the data manifold. Song
 (arXiv 2402.13629) apply this to UDC inputs with a DDPM.
 
 The parts are diffusers' own (models, schedulers): a ``UNet2DModel`` predicting epsilon and
-a ``DDPMScheduler``; :class:`Purifier` runs the reverse chain with ``scheduler.step``.
+a ``DDPMScheduler``; :class:`Purifier` runs the reverse chain with ``scheduler.step`` (DDPM)
+or a DDIM update on a short sub-sequence (:mod:`udcguard.purify.samplers`), optionally
+tile by tile in lockstep (:mod:`udcguard.purify.tiling`).
 
 Conventions: images are NCHW float32 in [0, 1] (tone-mapped); the model works in
 [-1, 1] (:func:`to_model_space`). Randomness comes only from the ``torch.Generator``\\ s
@@ -19,11 +21,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
+
+from udcguard.purify.samplers import (
+    DEFAULT_DDIM_STEPS,
+    Guidance,
+    Sampler,
+    ddim_purify_differentiable,
+    ddim_step,
+    ddim_timesteps,
+    resolve_t_star,
+)
+from udcguard.purify.tiling import check_tile, tiled_eps
 
 Generators = torch.Generator | list[torch.Generator]
 
@@ -195,7 +209,8 @@ def diffusion_loss(
 
 
 def sample_steps(t_star: int) -> int:
-    """UNet evaluations one purification at ``t_star`` costs (full DDPM chain: t* steps)."""
+    """Reverse steps of the full DDPM chain from ``t_star`` (t*; it makes t* + 1 UNet calls,
+    t*, ..., 0: see :func:`~udcguard.purify.samplers.unet_calls` for exact call counts)."""
     return int(t_star)
 
 
@@ -204,29 +219,115 @@ def _seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 
 class Purifier:
-    """DiffPure purification with a DDPM (Nie et al., arXiv 2205.07460; Ho et al.,
-    arXiv 2006.11239): noise to t*, then t* ancestral reverse steps to t = 0.
+    """DiffPure purification (Nie et al., arXiv 2205.07460): noise the input to t*, then run
+    a reverse sampler back to t = 0 with the trained epsilon UNet. Samplers: "ddpm", the
+    ancestral chain of Ho et al. (arXiv 2006.11239) over every timestep t*, ..., 0; "ddim"
+    (Song et al., arXiv 2010.02502), k steps on an evenly spaced sub-sequence from t*
+    (:mod:`udcguard.purify.samplers`), using the same betas (``DDIMScheduler.from_config``).
 
     Args:
         unet: epsilon-predicting ``UNet2DModel`` (3 -> 3 channels); its device and dtype
             are used for all computation.
         scheduler: the ``DDPMScheduler`` the model was trained with. ``purify`` calls its
             ``set_timesteps`` (the scheduler is the purifier's own state).
+        channels_last: run the UNet in channels-last memory format (the UNet's parameters
+            are converted on first use).
+        autocast: "bf16" or "fp16" mixed precision for the UNet call only (epsilon is cast
+            back to the UNet's dtype; the sampler update stays in full precision); None: off.
+        compile: ``torch.compile`` the UNet (compiled on first use, then reused).
+
+    The three speed options act only when the UNet is on CUDA; on the CPU the UNet runs
+    as is (fp32, eager, contiguous) through the same code path.
     """
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler) -> None:
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: DDPMScheduler,
+        *,
+        channels_last: bool = False,
+        autocast: Literal["bf16", "fp16"] | None = None,
+        compile: bool = False,
+    ) -> None:
+        if autocast not in (None, "bf16", "fp16"):
+            raise ValueError(f"autocast must be 'bf16', 'fp16' or None, got {autocast!r}")
         self.unet = unet
         self.scheduler = scheduler
+        self.channels_last, self.autocast, self.compile = bool(channels_last), autocast, bool(compile)
+        self._ddim: DDIMScheduler | None = None
+        self._cuda_unet: torch.nn.Module | None = None
 
     @property
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
 
-    def _check_t(self, t_star: int) -> int:
-        t_star = int(t_star)
-        if not 0 <= t_star < self.num_train_timesteps:
-            raise ValueError(f"t_star must lie in [0, {self.num_train_timesteps - 1}], got {t_star}")
-        return t_star
+    @property
+    def place(self) -> tuple[torch.device, torch.dtype]:
+        """The UNet's (device, dtype)."""
+        return _model_place(self.unet)
+
+    @property
+    def ddim_scheduler(self) -> DDIMScheduler:
+        """A ``DDIMScheduler`` with the DDPM schedule's config (same betas, clip_sample)."""
+        if self._ddim is None:
+            self._ddim = DDIMScheduler.from_config(self.scheduler.config)
+        return self._ddim
+
+    def _check_t(self, t_star: int | float) -> int:
+        return resolve_t_star(t_star, self.num_train_timesteps)
+
+    def pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Pad H and W up to the UNet's factor: reflect at the bottom and right (replicate
+        when the image is smaller than the pad). Returns the padded images and (H, W).
+
+        Shape:
+            (B, C, H, W) -> (B, C, H + ph, W + pw).
+        """
+        h, w = x.shape[-2:]
+        k = _divisor(self.unet)
+        ph, pw = -h % k, -w % k
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        return x, (h, w)
+
+    def forward_noise(
+        self, x: torch.Tensor, *, seeds: Sequence[int] | None = None, generator: Generators | None = None
+    ) -> torch.Tensor:
+        """The forward-process noise ``purify`` draws for ``x`` (in one chunk): with ``seeds``,
+        one (1, 3, H', W') draw per image from ``Generator("cpu").manual_seed(seed)``.
+
+        Shape:
+            (B, 3, H, W) -> (B, 3, H', W') (padded), on the UNet's device and dtype.
+        """
+        if (generator is None) == (seeds is None):
+            raise ValueError("pass exactly one of generator= or seeds=")
+        device, dtype = self.place
+        h, w = x.shape[-2:]
+        k = _divisor(self.unet)
+        shape = (x.shape[0], x.shape[1], h + (-h % k), w + (-w % k))
+        gens = _seed_generators(seeds) if seeds is not None else generator
+        return randn_tensor(shape, generator=gens, device=device, dtype=dtype)
+
+    def eps(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """epsilon_theta(z, t), with the speed options on CUDA (plain call elsewhere).
+
+        Shape:
+            (B, 3, H, W), t 0-dim or (B,) -> (B, 3, H, W) in ``z``'s dtype.
+        """
+        if z.device.type != "cuda":
+            return self.unet(z, t).sample
+        if self._cuda_unet is None:
+            if self.channels_last:
+                self.unet.to(memory_format=torch.channels_last)
+            self._cuda_unet = torch.compile(self.unet) if self.compile else self.unet
+        zin = z.contiguous(memory_format=torch.channels_last) if self.channels_last else z
+        if self.autocast is None:
+            return self._cuda_unet(zin, t).sample.to(z.dtype)
+        amp = torch.bfloat16 if self.autocast == "bf16" else torch.float16
+        with torch.autocast("cuda", dtype=amp):
+            out = self._cuda_unet(zin, t).sample
+        return out.to(z.dtype)
 
     def diffuse(self, z0: torch.Tensor, *, t_star: int, generator: Generators) -> torch.Tensor:
         """Forward process q(x_t* | x_0) in model space: sqrt(abar) z0 + sqrt(1 - abar) eps.
@@ -241,12 +342,37 @@ class Purifier:
         t = torch.full((z0.shape[0],), self._check_t(t_star), dtype=torch.long, device=z0.device)
         return self.scheduler.add_noise(z0, eps, t)
 
-    def _chain(self, z0: torch.Tensor, t_star: int, generator: Generators) -> torch.Tensor:
-        zt = self.diffuse(z0, t_star=t_star, generator=generator)
-        self.scheduler.set_timesteps(self.num_train_timesteps)  # full schedule T-1 .. 0
-        for t in self.scheduler.timesteps[self.scheduler.timesteps <= t_star]:  # t*, ..., 0
-            eps = self.unet(zt, t).sample
-            zt = self.scheduler.step(eps, t, zt, generator=generator).prev_sample
+    def _timesteps(self, t_star: int, sampler: str, steps: int | None) -> list[tuple[torch.Tensor, int]]:
+        """(t, t_prev) pairs of the reverse chain; t_prev = -1 after the last step."""
+        if sampler == "ddpm":
+            self.scheduler.set_timesteps(self.num_train_timesteps)  # full schedule T-1 .. 0
+            ts = list(self.scheduler.timesteps[self.scheduler.timesteps <= t_star])  # t*, ..., 0
+        else:
+            ts = [torch.tensor(t) for t in ddim_timesteps(t_star, steps)]
+        return [(t, int(t) - 1 if sampler == "ddpm" else (int(ts[n + 1]) if n + 1 < len(ts) else -1))
+                for n, t in enumerate(ts)]
+
+    def _chain(self, z0: torch.Tensor, t_star: int, generator: Generators, *, sampler: str = "ddpm",
+               steps: int | None = None, eta: float = 0.0, tile: int | None = None, overlap: int = 0,
+               max_tiles: int | None = None, guidance: Guidance | None = None) -> torch.Tensor:
+        zt = self.diffuse(z0, t_star=t_star, generator=generator)  # (b, 3, H', W')
+        ddim = self.ddim_scheduler
+        acp = ddim.alphas_cumprod
+        clip = ddim.config.clip_sample_range if ddim.config.clip_sample else None
+        for t, t_prev in self._timesteps(t_star, sampler, steps):
+            if tile is None:
+                eps = self.eps(zt, t)
+            else:
+                eps = tiled_eps(self.eps, zt, t, tile=tile, overlap=overlap, max_tiles=max_tiles)
+            if sampler == "ddpm":
+                zt = self.scheduler.step(eps, t, zt, generator=generator).prev_sample
+            else:
+                noise = (randn_tensor(zt.shape, generator=generator, device=zt.device, dtype=zt.dtype)
+                         if eta > 0 else None)
+                zt = ddim_step(eps, zt, int(t), t_prev, acp, eta=eta, noise=noise, clip_sample=clip)
+            if guidance is not None:
+                abar = float(acp[t_prev]) if t_prev >= 0 else 1.0
+                zt = guidance(zt, z_ref=z0, t=t_prev, abar=abar)
         return zt
 
     @torch.no_grad()
@@ -254,20 +380,28 @@ class Purifier:
         self,
         x: torch.Tensor,
         *,
-        t_star: int,
+        t_star: int | float,
+        sampler: Sampler = "ddpm",
+        steps: int | None = None,
+        eta: float = 0.0,
         generator: torch.Generator | None = None,
         seeds: Sequence[int] | None = None,
         batch_size: int | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+        guidance: Guidance | None = None,
     ) -> torch.Tensor:
-        """Purify images: diffuse to ``t_star``, then the DDPM reverse chain back to 0.
+        """Purify images: diffuse to ``t_star``, then a reverse sampler back to 0.
 
         Randomness, exactly: for each chunk of ``batch_size`` images, in order,
         ``x_t* = scheduler.add_noise(2x - 1, eps, t*)`` with
-        ``eps = randn_tensor(shape, generator)``; then for t = t*, ..., 0 (the timesteps
-        <= t* of ``scheduler.set_timesteps(T)``) ``z = scheduler.step(unet(z, t).sample,
-        t, z, generator=generator).prev_sample`` (which draws once per step with t > 0).
-        A CPU generator works with a model on any device (noise is drawn on the CPU and
-        moved).
+        ``eps = randn_tensor(shape, generator)`` (:meth:`forward_noise`); then per reverse
+        step, "ddpm": for t = t*, ..., 0 (the timesteps <= t* of
+        ``scheduler.set_timesteps(T)``) ``z = scheduler.step(unet(z, t).sample, t, z,
+        generator=generator).prev_sample`` (which draws once per step with t > 0); "ddim":
+        :func:`~udcguard.purify.samplers.ddim_step` on ``ddim_timesteps(t*, k)``, drawing
+        ``randn_tensor(shape, generator)`` once per step only when eta > 0. A CPU generator
+        works with a model on any device (noise is drawn on the CPU and moved).
 
         With ``generator``, the draws of one chunk follow those of the previous chunk, so
         the result depends on ``batch_size``. With ``seeds`` (preferred), image i gets its
@@ -278,11 +412,25 @@ class Purifier:
 
         Args:
             x: images in [0, 1].
-            t_star: diffusion timestep t* in [0, T - 1] (integer, out of T = 1000 by
-                default); 0 returns a clone of ``x`` (exact identity, no randomness used).
+            t_star: diffusion timestep t* in [0, T - 1] (int, out of T = 1000 by default)
+                or a float fraction of the schedule in [0, 1)
+                (:func:`~udcguard.purify.samplers.resolve_t_star`); 0 returns a clone of
+                ``x`` (exact identity for every sampler, no randomness used).
+            sampler: "ddpm" (t* + 1 UNet calls) or "ddim" (``steps`` UNet calls).
+            steps: DDIM steps k in [1, t*]; default min(t*, 10). DDIM only.
+            eta: DDIM stochasticity (0: deterministic given x_t*; 1: DDPM-like). DDIM only.
             generator: one generator for the whole batch (exclusive with ``seeds``).
             seeds: one integer seed per image (exclusive with ``generator``).
-            batch_size: images per UNet call; default all at once.
+            batch_size: images per chunk (and, when tiling, tiles per UNet call); default
+                all at once.
+            tile: tile side in px (a multiple of the UNet's factor ``2 ** (levels - 1)``);
+                None: whole images. Tiles run in lockstep with blended epsilons and one
+                full-image step (:mod:`udcguard.purify.tiling`): the noise and the result
+                do not depend on the tiling's batching, and a tile covering the padded
+                image gives exactly the untiled result.
+            overlap: blend width between tiles in px, 0 <= overlap < tile; default tile // 4.
+            guidance: optional :class:`~udcguard.purify.samplers.Guidance` hook applied
+                to the full-image sample after every reverse step.
 
         Returns:
             purified images in [0, 1], on ``x``'s device and dtype. H and W need not be
@@ -290,20 +438,31 @@ class Purifier:
             right (replicate if smaller than the pad) and the result cropped back.
 
         Shape:
-            (B, 3, H, W) -> (B, 3, H, W). Cost: ``sample_steps(t_star)`` UNet calls per chunk.
+            (B, 3, H, W) -> (B, 3, H, W). Cost: ``unet_calls(t*, sampler=..., steps=...)``
+            UNet calls per chunk (per tile when tiling).
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected (B, 3, H, W) images, got {tuple(x.shape)}")
-        if (generator is None) == (seeds is None) and int(t_star) != 0:
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        if sampler == "ddpm" and (steps is not None or eta != 0.0):
+            raise ValueError("steps= and eta= apply to sampler='ddim' only")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        t_star = self._check_t(t_star)
+        if (generator is None) == (seeds is None) and t_star != 0:
             raise ValueError("pass exactly one of generator= or seeds=")
         if seeds is not None and len(seeds) != x.shape[0]:
             raise ValueError(f"{len(seeds)} seeds for {x.shape[0]} images")
-        if self._check_t(t_star) == 0:
+        if tile is not None:
+            overlap = tile // 4 if overlap is None else int(overlap)
+            check_tile(int(tile), overlap, _divisor(self.unet))
+        if t_star == 0:
             return x.clone()
-        device, dtype = _model_place(self.unet)
-        h, w = x.shape[-2:]
-        k = _divisor(self.unet)
-        ph, pw = -h % k, -w % k
+        if sampler == "ddim":
+            steps = min(t_star, DEFAULT_DDIM_STEPS) if steps is None else int(steps)
+            ddim_timesteps(t_star, steps)  # validates steps
+        device, dtype = self.place
         gens = _seed_generators(seeds) if seeds is not None else None
         bs = batch_size or x.shape[0]
         was_training = self.unet.training
@@ -311,13 +470,15 @@ class Purifier:
         try:
             outs = []
             for i in range(0, x.shape[0], bs):
-                xi = x[i : i + bs].to(device=device, dtype=dtype)  # (b, 3, H, W)
-                if ph or pw:
-                    mode = "reflect" if ph < h and pw < w else "replicate"
-                    xi = F.pad(xi, (0, pw, 0, ph), mode=mode)  # (b, 3, H + ph, W + pw)
+                xi, (h, w) = self.pad(x[i : i + bs].to(device=device, dtype=dtype))  # (b, 3, H', W')
                 g = gens[i : i + bs] if gens is not None else generator
-                zi = self._chain(to_model_space(xi), int(t_star), g)
+                zi = self._chain(to_model_space(xi), t_star, g, sampler=sampler, steps=steps, eta=eta, tile=tile,
+                                 overlap=overlap or 0, max_tiles=batch_size, guidance=guidance)
                 outs.append(from_model_space(zi)[..., :h, :w])
         finally:
             self.unet.train(was_training)
         return torch.cat(outs).to(device=x.device, dtype=x.dtype)
+
+    def purify_differentiable(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """:func:`~udcguard.purify.samplers.ddim_purify_differentiable` on this purifier."""
+        return ddim_purify_differentiable(self, x, **kwargs)

@@ -1,0 +1,68 @@
+"""Task of the select_tstar stage: the PSNR-vs-t* trade-off on a held-out val slice, and t*."""
+
+from __future__ import annotations
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.attack import levels, make_attack
+from tasks.common import Paths, resolve_device
+from tasks.purification import deployed_purifier, guidance_of, image_seeds, sampler_options
+from tasks.train import load_restorer
+from udcguard.attacks.objectives import make_objective
+from udcguard.config import Params
+from udcguard.io.datasets import load_split
+from udcguard.purify.selection import psnr_curve, psnr_evaluator, select_t_star
+from udcguard.train.restorer import model_fn, predict
+
+
+def _attacked(params: Params, name: str, model, pairs, paths: Paths, device: torch.device) -> tuple[torch.Tensor, float]:
+    """The val slice under the strongest level of the selection's attack set, on ``name``."""
+    a, sel = params.attack, params.purify.selection
+    spec = a.spec(sel.attack)
+    eps, step = max(levels(spec), key=lambda lv: lv[0])
+    lp = params.lpips
+    objective = make_objective(spec.objective or a.objective, lpips_backbone=lp.backbone_path, lpips_lin=lp.lin_path,
+                               net=lp.net)
+    gen = torch.Generator().manual_seed(a.seed + 7)
+    out = []
+    for i in range(0, len(pairs), a.batch_size):
+        cond = pairs.cond[i : i + a.batch_size] if pairs.cond is not None else None
+        attack = make_attack(params, spec, eps, step, model_fn(model, cond, device), objective=objective,
+                             paths=paths, target=name, cond=cond, device=device)
+        out.append(attack(pairs.lq[i : i + a.batch_size].to(device), gt=pairs.gt[i : i + a.batch_size].to(device),
+                          generator=gen).x_adv.cpu())
+    return torch.cat(out), eps
+
+
+@task(name="select-tstar", cache_policy=NO_CACHE)
+def select_tstar(params: Params, data_dir: str) -> dict:
+    """Restored PSNR of clean and attacked val inputs against t* (unguided and guided); the chosen t*."""
+    paths, p, sel = Paths(data_dir), params.purify, params.purify.selection
+    device = resolve_device(p.device)
+    name = sel.restorer or params.restorers[0].name
+    model = load_restorer(paths.model(name), device)
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    purifier = deployed_purifier(params, paths, device)
+    pairs = load_split(paths.udc / "val", psf_dir=paths.psf, max_items=sel.images)
+    attacked, eps = _attacked(params, name, model, pairs, paths, device)
+    seeds = image_seeds(p.seed, list(pairs.ids))
+    restore = lambda x: predict(model, x, pairs.cond, batch_size=p.batch_size, device=device)
+
+    def purify_with(guidance):
+        opts = {**sampler_options(params), "guidance": guidance}
+        return lambda x, t: purifier.purify(x, t_star=t, seeds=seeds, batch_size=p.batch_size, **opts).cpu()
+
+    evaluate = psnr_evaluator(purify_with(guidance_of(params)), restore, pairs.lq, attacked, pairs.gt)
+    best, curve = select_t_star(sel.candidates, evaluate, criterion=sel.criterion,
+                                max_clean_drop_db=sel.max_clean_drop_db,
+                                num_train_timesteps=purifier.num_train_timesteps)
+    compare = p.guidance.compare_scale if p.guidance.scale == 0 else 0.0
+    guided = (psnr_curve(purify_with(guidance_of(params, compare)), restore, pairs.lq, attacked, pairs.gt,
+                         sel.candidates) if compare > 0 else [])
+    chosen = best if p.t_star == "auto" else params.t_star_fixed()
+    return {"t_star": chosen, "selected": best, "mode": "auto" if p.t_star == "auto" else "fixed",
+            "criterion": sel.criterion, "restorer": name, "attack": sel.attack, "eps": eps, "images": len(pairs),
+            "guidance_scale": p.guidance.scale, "curve": curve, "guided_scale": compare, "guided_curve": guided}
