@@ -256,6 +256,10 @@ def test_every_restorer_runs_through_the_stages(run_dir: Path, tmp_path: Path) -
     assert set(NEW_ARCHS) | {"unet", "discnet"} == set(RESTORERS.names())
     params = json.loads(json.dumps(TINY))
     params["restorers"] = {a: {"arch": a, "size": "tiny"} for a in NEW_ARCHS}
+    # the attack matrix is tested on unet/discnet; here one attack set and one adaptive setting suffice
+    params["attack"]["attacks"] = {"pgd_linf": {"attack": "pgd_linf", "eps": [8], "options": {"steps": 2}}}
+    params["adaptive"]["settings"] = ["bpda"]
+    params["purify"]["seeds"] = 1
     pfile = _write_params(tmp_path, params)
     data = tmp_path / "data"
     for d in ("psf", "udc", "purifier", "purified_train"):  # shared stages, same params as run_dir

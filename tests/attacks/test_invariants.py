@@ -171,3 +171,17 @@ def test_mask_keeps_delta_zero_outside(model, batch, name, mask_shape) -> None:
     assert torch.count_nonzero(delta[outside]) == 0, f"{name}: delta != 0 outside the mask"
     assert delta[~outside].abs().max() > 0, f"{name}: no perturbation inside the mask"
     _assert_in_budget(atk, x, res.x_adv)
+
+
+@pytest.mark.parametrize("reference", REFERENCES)
+@pytest.mark.parametrize("name", NAMES)
+def test_model_is_always_called_on_the_whole_batch(model, batch, name, reference) -> None:
+    """A restorer's side inputs (PSF codes) are bound to the batch: every call must pass all B images."""
+    x, gt = batch
+    b = x.shape[0]
+
+    def bound(z: torch.Tensor) -> torch.Tensor:
+        assert z.shape[0] == b, f"{name} called the model on {z.shape[0]} of {b} images"
+        return model(z)
+
+    _build(name, bound, model, reference)(x, gt=gt, generator=_gen(0))

@@ -251,11 +251,12 @@ class SimBA(Attack):
                 idx = todo.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
-                cand = delta[idx] + sign * step[idx]
-                value = calls.value(torch.clamp(x[idx] + keep[idx] * cand, 0.0, 1.0), r[idx])
-                better = value > obj[idx]  # NaN never wins
-                acc = idx[better]
-                delta[acc] = cand[better]
-                obj[acc] = value[better]
-                todo[acc] = False
+                # The whole batch is queried (the model call may carry per-image side inputs,
+                # e.g. PSF codes, bound to the batch); images already done keep their delta.
+                cand = delta + sign * step * todo.view(-1, 1, 1, 1)
+                value = calls.value(image(cand), r)
+                better = (value > obj) & todo  # NaN never wins
+                delta[better] = cand[better]
+                obj[better] = value[better]
+                todo &= ~better
         return Perturbation(image(delta), obj, obj_clean)
