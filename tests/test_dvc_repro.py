@@ -3,6 +3,7 @@ an attack parameter reruns only the attack and what follows it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from udcguard.config import params_from_dict
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_dvc_repro_then_noop(tmp_path: Path) -> None:
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     work = tmp_path / "repo"
@@ -24,7 +26,11 @@ def test_dvc_repro_then_noop(tmp_path: Path) -> None:
         if (REPO / f).is_file():
             (work / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, work / f)
-    (work / "params.yaml").write_text(yaml.safe_dump(params_from_dict(TINY).model_dump(mode="json")))
+    tiny = json.loads(json.dumps(TINY))  # the DAG's wiring, at the smallest matrix: two attack sets, one setting
+    tiny["attack"]["attacks"].pop("simba")
+    tiny["adaptive"]["settings"] = ["bpda"]
+    tiny["purify"]["seeds"] = 1
+    (work / "params.yaml").write_text(yaml.safe_dump(params_from_dict(tiny).model_dump(mode="json")))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     run = lambda *cmd: subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
@@ -44,4 +50,5 @@ def test_dvc_repro_then_noop(tmp_path: Path) -> None:
     r3 = run("dvc", "repro")
     assert r3.returncode == 0, r3.stdout[-3000:] + r3.stderr[-3000:]
     ran = {line.split("'")[1] for line in r3.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"attack@unet", "attack@discnet", "purify@unet", "purify@discnet", "evaluate", "report"}, ran
+    assert ran == {"select_tstar", "attack@unet", "attack@discnet", "purify@unet", "purify@discnet", "adaptive@unet",
+                   "adaptive@discnet", "evaluate", "report"}, ran
