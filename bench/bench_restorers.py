@@ -92,8 +92,9 @@ def main() -> None:
                                                         device, args.amp)
         row["ratio_vs_unet"] = row["images_per_s"] / ref["images_per_s"]
         rows.append(row)
-        print(f"{arch:<10} {row['parameters']:>12,} {row['images_per_s']:>10.2f} {row['ratio_vs_unet']:>8.2f} "
-              f"{row['peak_mib']:>9.0f}" if device.type == "cuda" else "", flush=True)
+        peak = f" {row['peak_mib']:>9.0f}" if device.type == "cuda" else ""
+        print(f"{arch:<10} {row['parameters']:>12,} {row['images_per_s']:>10.2f} {row['ratio_vs_unet']:>8.2f}{peak}",
+              flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": name, "rows": rows}, indent=2))
 
