@@ -8,22 +8,15 @@ where Clip_{x, eps} clips to the eps-ball around x and to [0, 1] after every ste
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
 from udcguard.attacks.base import (
     ATTACKS,
     Attack,
-    BestIterate,
-    Calls,
     ModelFn,
-    Perturbation,
     check_eps,
     check_random_start,
     check_steps,
-    project_linf,
-    uniform_start,
 )
+from udcguard.attacks.pgd import PGD
 
 
 def kurakin_steps(eps: float) -> int:
@@ -34,7 +27,7 @@ def kurakin_steps(eps: float) -> int:
 
 
 @ATTACKS.register("bim")
-class BIM(Attack):
+class BIM(PGD):
     r"""Iterated FGSM on d(f(y + delta), r), clipped to ||delta||_inf <= eps and [0, 1].
 
     Paper: arXiv 1607.02533 (Kurakin et al.). Threat model: white-box, L-inf, on the
@@ -80,7 +73,8 @@ class BIM(Attack):
         objective: str = "mse",
         reference: str = "clean_output",
     ) -> None:
-        super().__init__(model_fn, objective=objective, reference=reference)
+        Attack.__init__(self, model_fn, objective=objective, reference=reference)
+        self.restarts = 1  # the iteration itself is PGD's (PGD._run), from x unless random_start
         self.eps = check_eps(eps)
         self.alpha = check_eps(alpha, "alpha")
         self.steps = kurakin_steps(self.eps) if steps is None else check_steps(steps)
@@ -93,32 +87,3 @@ class BIM(Attack):
             f"random_start={self.random_start}, keep_best={self.keep_best}, "
             f"objective={self.objective!r}, reference={self.reference!r})"
         )
-
-    def perturb(
-        self,
-        x: Tensor,
-        r: Tensor,
-        *,
-        mask: Tensor | None,
-        generator: torch.Generator | None,
-        calls: Calls,
-    ) -> Perturbation:
-        x_k = x.clone()  # (B, C, H, W)
-        if self.random_start:
-            x_k = project_linf(
-                x + uniform_start(x, self.eps, generator), x, self.eps, mask
-            )
-        best = BestIterate()
-        obj_clean = None
-        for k in range(self.steps):
-            obj, grad = calls.value_and_grad(x_k, r)  # (B,), (B, C, H, W)
-            if k == 0 and not self.random_start:
-                obj_clean = obj  # x_0 == x
-            if self.keep_best:
-                best.update(x_k, obj)
-            x_k = project_linf(x_k + self.alpha * grad.sign(), x, self.eps, mask)
-        obj = calls.value(x_k, r)
-        if not self.keep_best:
-            return Perturbation(x_k, obj, obj_clean)
-        best.update(x_k, obj)
-        return best.result()._replace(objective_clean=obj_clean)
