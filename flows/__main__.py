@@ -163,11 +163,13 @@ def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_di
 
 
 @app.command("pipeline")
-def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data")) -> None:
+def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data"),
+             dispatch: Annotated[bool, typer.Option("--dispatch", help="run each stage as its Prefect deployment "
+                                                    "on the cpu/gpu work pools")] = False) -> None:
     """Run every stage in order (same outputs as `dvc repro`)."""
     from flows.pipeline import pipeline as flow
 
-    _run(flow, params, set_, data_dir=str(data_dir))
+    _run(flow, params, set_, data_dir=str(data_dir), dispatch=dispatch)
 
 
 @app.command("check-params")
