@@ -229,6 +229,39 @@ def best_of_restarts(restarts: int, run: Callable[[], Perturbation]) -> Perturba
     return best.result()._replace(objective_clean=obj_clean)
 
 
+def gradient_ascent(
+    x_0: Tensor,
+    r: Tensor,
+    calls: Calls,
+    *,
+    steps: int,
+    step: Callable[[Tensor, Tensor], Tensor],
+    keep_best: bool,
+    from_x: bool,
+) -> Perturbation:
+    """The loop of the iterative gradient attacks: x_{k+1} = step(x_k, grad_k), k < steps.
+
+    One forward+backward per step and one forward for the last iterate. ``keep_best`` returns,
+    per image, the iterate (x_0 .. x_steps) with the highest objective, else the last one.
+    ``from_x``: x_0 is the unperturbed input, so its objective is reported as the clean one.
+    """
+    x_k = x_0
+    best = BestIterate()
+    obj_clean = None
+    for k in range(steps):
+        obj, grad = calls.value_and_grad(x_k, r)  # (B,), (B, C, H, W)
+        if k == 0 and from_x:
+            obj_clean = obj
+        if keep_best:
+            best.update(x_k, obj)
+        x_k = step(x_k, grad)
+    obj = calls.value(x_k, r)
+    if not keep_best:
+        return Perturbation(x_k, obj, obj_clean)
+    best.update(x_k, obj)
+    return best.result()._replace(objective_clean=obj_clean)
+
+
 def l2_norm(t: Tensor) -> Tensor:
     """Per-image L2 norm over (C, H, W): (B, C, H, W) -> (B,)."""
     return torch.linalg.vector_norm(t.flatten(1), dim=1)

@@ -16,12 +16,12 @@ from torch import Tensor
 from udcguard.attacks.base import (
     ATTACKS,
     Attack,
-    BestIterate,
     Calls,
     ModelFn,
     Perturbation,
     check_eps,
     check_random_start,
+    gradient_ascent,
     project_linf,
     uniform_start,
 )
@@ -98,13 +98,7 @@ class FGSM(Attack):
             x_0 = project_linf(
                 x + uniform_start(x, self.eps, generator), x, self.eps, mask
             )
-        obj_0, grad = calls.value_and_grad(x_0, r)  # (B,), (B, C, H, W)
-        x_1 = project_linf(x_0 + self.alpha * grad.sign(), x, self.eps, mask)
-        obj_1 = calls.value(x_1, r)
-        obj_clean = None if self.random_start else obj_0
-        if not self.keep_best:
-            return Perturbation(x_1, obj_1, obj_clean)
-        best = BestIterate()
-        best.update(x_0, obj_0)
-        best.update(x_1, obj_1)
-        return best.result()._replace(objective_clean=obj_clean)
+        return gradient_ascent(  # one step: x_1 = x_0 + alpha * sign(grad), projected
+            x_0, r, calls, steps=1, keep_best=self.keep_best, from_x=not self.random_start,
+            step=lambda x_k, grad: project_linf(x_k + self.alpha * grad.sign(), x, self.eps, mask),
+        )

@@ -16,7 +16,6 @@ from torch import Tensor
 from udcguard.attacks.base import (
     ATTACKS,
     Attack,
-    BestIterate,
     Calls,
     ModelFn,
     Perturbation,
@@ -24,6 +23,7 @@ from udcguard.attacks.base import (
     check_nonneg,
     check_random_start,
     check_steps,
+    gradient_ascent,
     project_linf,
     uniform_start,
 )
@@ -111,21 +111,14 @@ class MIFGSM(Attack):
             )
         momentum = torch.zeros_like(x)  # (B, C, H, W)
         tiny = torch.finfo(x.dtype).tiny  # an all-zero gradient stays zero
-        best = BestIterate()
-        obj_clean = None
-        for k in range(self.steps):
-            obj, grad = calls.value_and_grad(x_k, r)  # (B,), (B, C, H, W)
-            if k == 0 and not self.random_start:
-                obj_clean = obj  # x_0 == x
-            if self.keep_best:
-                best.update(x_k, obj)
+
+        def step(x_k: Tensor, grad: Tensor) -> Tensor:
+            nonlocal momentum
             if mask is not None:  # normalise by the gradient on the attacked pixels only
                 grad = grad * mask
             l1 = grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(tiny)
             momentum = self.decay * momentum + grad / l1
-            x_k = project_linf(x_k + self.alpha * momentum.sign(), x, self.eps, mask)
-        obj = calls.value(x_k, r)
-        if not self.keep_best:
-            return Perturbation(x_k, obj, obj_clean)
-        best.update(x_k, obj)
-        return best.result()._replace(objective_clean=obj_clean)
+            return project_linf(x_k + self.alpha * momentum.sign(), x, self.eps, mask)
+
+        return gradient_ascent(x_k, r, calls, steps=self.steps, step=step, keep_best=self.keep_best,
+                               from_x=not self.random_start)

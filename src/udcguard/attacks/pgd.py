@@ -13,7 +13,6 @@ from udcguard.attacks.base import (
     ATTACKS,
     Attack,
     AttackArgumentError,
-    BestIterate,
     Calls,
     ModelFn,
     Perturbation,
@@ -21,6 +20,7 @@ from udcguard.attacks.base import (
     check_eps,
     check_random_start,
     check_steps,
+    gradient_ascent,
     project_linf,
     uniform_start,
 )
@@ -123,17 +123,7 @@ class PGD(Attack):
             x_k = project_linf(
                 x + uniform_start(x, self.eps, generator), x, self.eps, mask
             )
-        best = BestIterate()
-        obj_clean = None
-        for k in range(self.steps):
-            obj, grad = calls.value_and_grad(x_k, r)  # (B,), (B, C, H, W)
-            if k == 0 and not self.random_start:
-                obj_clean = obj  # x_0 == x
-            if self.keep_best:
-                best.update(x_k, obj)
-            x_k = project_linf(x_k + self.alpha * grad.sign(), x, self.eps, mask)
-        obj = calls.value(x_k, r)
-        if not self.keep_best:
-            return Perturbation(x_k, obj, obj_clean)
-        best.update(x_k, obj)
-        return best.result()._replace(objective_clean=obj_clean)
+        return gradient_ascent(
+            x_k, r, calls, steps=self.steps, keep_best=self.keep_best, from_x=not self.random_start,
+            step=lambda x_k, grad: project_linf(x_k + self.alpha * grad.sign(), x, self.eps, mask),
+        )

@@ -13,7 +13,6 @@ from torch import Tensor
 from udcguard.attacks.base import (
     ATTACKS,
     Attack,
-    BestIterate,
     Calls,
     ModelFn,
     Perturbation,
@@ -21,6 +20,7 @@ from udcguard.attacks.base import (
     check_nonneg,
     check_random_start,
     check_steps,
+    gradient_ascent,
     l2_ball_start,
     normalize_l2,
     project_l2,
@@ -132,19 +132,11 @@ class PGDL2(Attack):
             x_k = torch.clamp(
                 x + l2_ball_start(x, self.eps, mask, generator), min=0.0, max=1.0
             )
-        best = BestIterate()
-        obj_clean = None
-        for k in range(self.steps):
-            obj, grad = calls.value_and_grad(x_k, r)  # (B,), (B, C, H, W)
-            if k == 0 and not self.random_start:
-                obj_clean = obj  # x_0 == x
-            if self.keep_best:
-                best.update(x_k, obj)
+
+        def step(x_k: Tensor, grad: Tensor) -> Tensor:
             if mask is not None:  # step on the attacked pixels only, at full length
                 grad = grad * mask
-            x_k = project_l2(x_k + self.alpha * normalize_l2(grad), x, self.eps, mask)
-        obj = calls.value(x_k, r)
-        if not self.keep_best:
-            return Perturbation(x_k, obj, obj_clean)
-        best.update(x_k, obj)
-        return best.result()._replace(objective_clean=obj_clean)
+            return project_l2(x_k + self.alpha * normalize_l2(grad), x, self.eps, mask)
+
+        return gradient_ascent(x_k, r, calls, steps=self.steps, step=step, keep_best=self.keep_best,
+                               from_x=not self.random_start)
