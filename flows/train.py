@@ -10,7 +10,7 @@ from tasks.common import Paths, file_digest, fingerprint
 from tasks.purification import train_purifier
 from tasks.tracking import stage_run
 from tasks.train import finetune_restorer, train_restorer
-from udcguard.config import load_params
+from udcguard.config import DistributedParams, load_params
 from udcguard.io.atomic import staged_output
 
 
@@ -49,13 +49,14 @@ def finetune_flow(restorer: str, params_path: str = "params.yaml", overrides: di
                   data_dir: str = "data") -> str:
     """Fine-tune ``restorer`` on purified inputs -> data/finetuned/<restorer>/, registered in MLflow."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
-    fp = fingerprint(params, "seed", "finetune", extra=restorer)
+    launch_free = params.finetune.model_copy(update={"distributed": DistributedParams()})  # resumes under any nproc
+    fp = fingerprint(params.model_copy(update={"finetune": launch_free}), "seed", "finetune", extra=restorer)
     with stage_run("finetune", params, params_path, tags={"restorer": restorer}) as run:
         with staged_output(paths.finetuned(restorer), fp) as out:
             info = finetune_restorer(params, restorer, data_dir, str(out), fp, run.run_id)
         if not info["perceptual"]:
             get_run_logger().warning("perceptual term off: no finetune.perceptual_weights_path (nothing is downloaded)")
-        run.set_tags({"perceptual": str(info["perceptual"]).lower()})
+        run.set_tags({"perceptual": str(info["perceptual"]).lower(), "ddp_ranks": str(info["ranks"])})
         run.log_metrics({"final_loss": info["final_loss"], "pairs": info["pairs"]})
         version = run.register_model(paths.finetuned(restorer), f"udcguard-{restorer}-finetuned",
                                      "restorer fine-tuned on diffusion-purified inputs")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -9,30 +11,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import Paths, progress, resolve_device
+from tasks.launch import run_torchrun
+from tasks.restorers import finetune_pairs, finetuning, load_restorer
 from tasks.tracking import RunLogger
 from udcguard.config import Params
-from udcguard.io.atomic import save_json
-from udcguard.io.checkpoints import (
-    load_official_checkpoint,
-    load_state,
-    load_train_state,
-    save_model,
-    save_train_state,
-)
-from udcguard.io.datasets import TensorPairs, load_inputs, load_split
-from udcguard.losses.perceptual import build_perceptual
+from udcguard.errors import ConfigError
+from udcguard.io.atomic import read_json, save_json, write_bytes
+from udcguard.io.checkpoints import load_official_checkpoint, load_train_state, save_model, save_train_state
+from udcguard.io.datasets import load_split
 from udcguard.models import build_restorer, num_parameters, restorer_spec
 from udcguard.train.augment import sample_batch
 from udcguard.train.loop import fit
 from udcguard.train.restorer import restoration_loss
 
-
-def load_restorer(model_dir: Path, device: torch.device) -> torch.nn.Module:
-    """Rebuild a restorer from ``spec.json`` and load its safetensors weights."""
-    state, spec = load_state(model_dir)
-    model = build_restorer(spec["arch"], size=spec["size"], cond_dim=spec["cond_dim"])
-    model.load_state_dict(state)
-    return model.to(device).eval()
+__all__ = ["finetune_pairs", "finetune_restorer", "load_restorer", "resolve_distributed", "train_restorer"]
 
 
 def _fit_with_resume(model, loss_fn, sample, *, steps, lr, lr_min, seed, device, amp, ckpt: Path,
@@ -80,37 +72,61 @@ def train_restorer(params: Params, name: str, data_dir: str, out_dir: str, fp: s
     return {"parameters": num_parameters(model), "final_loss": history["loss"][-1]}
 
 
-def finetune_pairs(params: Params, paths: Paths) -> TensorPairs:
-    """Purified train inputs (each strength) + clean copies, all against the clean gt."""
-    f = params.finetune
-    base = load_split(paths.udc / "train", psf_dir=paths.psf, max_items=f.train_images)
-    mix = None
-    for t_star in f.t_stars:
-        x, ids, _ = load_inputs(paths.purified_train / f"t_{t_star}")
-        assert list(ids) == list(base.ids), "purified train set does not match the train split"
-        part = TensorPairs(lq=x, gt=base.gt, cond=base.cond, ids=base.ids)
-        mix = part if mix is None else mix.concat(part)
-    for _ in range(f.clean_copies):
-        mix = base if mix is None else mix.concat(base)
-    return mix
-
-
 @task(name="finetune", cache_policy=NO_CACHE)
 def finetune_restorer(params: Params, name: str, data_dir: str, out_dir: str, fp: str, run_id: str | None) -> dict:
-    """Fine-tune a trained restorer on purified + clean inputs (L2 + optional perceptual)."""
+    """Fine-tune a trained restorer on purified + clean inputs (L2 + optional perceptual).
+
+    With ``finetune.distributed`` resolving to more than one rank, torchrun runs
+    ``tasks/ddp_finetune.py`` (DDP, same global batch); its history is logged here.
+    """
     paths, f = Paths(data_dir), params.finetune
     device = resolve_device(f.device)
-    model = load_restorer(paths.model(name), device).train()
-    pairs = finetune_pairs(params, paths)
-    perceptual = build_perceptual(f.perceptual_weights_path)
-    if perceptual is not None:
-        perceptual = perceptual.to(device)
-    sample = lambda g: sample_batch(pairs, batch_size=f.batch_size, crop_px=f.crop_px, generator=g, jitter=f.jitter)
-    loss_fn = restoration_loss("l2", device=device, perceptual=perceptual, perceptual_weight=f.perceptual_weight)
+    world, backend = resolve_distributed(params, device)
+    if world > 1:
+        return _finetune_ddp(params, name, paths, Path(out_dir), fp, RunLogger(run_id), world, backend, device)
+    run = finetuning(params, name, paths, device)
     history = _fit_with_resume(
-        model, loss_fn, sample, steps=f.steps, lr=f.lr, lr_min=f.lr_min, seed=f.seed, device=device,
+        run.model, run.loss_fn, run.sample, steps=f.steps, lr=f.lr, lr_min=f.lr_min, seed=f.seed, device=device,
         amp=f.amp, ckpt=paths.ckpt / f"finetune-{name}.pt", fp=fp, every=f.checkpoint_every,
         log=RunLogger(run_id), desc=f"finetune {name}", prefix="finetune_")
-    save_model(model, Path(out_dir), restorer_spec(model))
+    save_model(run.model, Path(out_dir), restorer_spec(run.model))
     save_json(Path(out_dir) / "history.json", history)
-    return {"pairs": len(pairs), "perceptual": perceptual is not None, "final_loss": history["loss"][-1]}
+    return {"pairs": len(run.pairs), "perceptual": run.perceptual, "final_loss": history["loss"][-1], "ranks": 1}
+
+
+def _finetune_ddp(params: Params, name: str, paths: Paths, out: Path, fp: str, log: RunLogger, world: int,
+                  backend: str, device: torch.device) -> dict:
+    """Fine-tune with ``world`` DDP ranks under torchrun; then log the history to MLflow."""
+    d, work = params.finetune.distributed, paths.ckpt / f"finetune-{name}.ddp"
+    params_file, result = work / "params.json", work / "result.json"
+    write_bytes(params_file, json.dumps(params.model_dump(mode="json")).encode())  # key order kept
+    result.unlink(missing_ok=True)
+    args = ["--params", str(params_file.resolve()), "--restorer", name, "--data-dir", str(paths.data.resolve()),
+            "--out-dir", str(out.resolve()), "--fp", fp, "--result", str(result.resolve()),
+            "--backend", backend, "--device", device.type]
+    run_torchrun("tasks.ddp_finetune", args, nproc=world, work_dir=work, timeout_s=d.timeout_min * 60,
+                 master_port=d.master_port, what=f"finetune {name} ({world} ranks)")
+    history, info = read_json(out / "history.json", "history"), read_json(result, "DDP result")
+    steps = len(history["loss"])
+    for step, (loss, lr) in enumerate(zip(history["loss"], history["lr"]), start=1):
+        if step % 10 == 0 or step == steps:
+            log.log_metrics({"finetune_loss": loss, "finetune_lr": lr}, step=step)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"pairs": info["pairs"], "perceptual": info["perceptual"], "final_loss": info["final_loss"],
+            "ranks": info["world_size"]}
+
+
+def resolve_distributed(params: Params, device: torch.device) -> tuple[int, str]:
+    """``(ranks, backend)`` of ``finetune.distributed`` on this worker; ConfigError if it cannot run here."""
+    f = params.finetune
+    d, cuda = f.distributed, device.type == "cuda"
+    world = d.world_size(torch.cuda.device_count() if cuda else 0)
+    backend = d.backend if d.backend != "auto" else ("nccl" if cuda else "gloo")
+    if f.batch_size % world:
+        raise ConfigError(f"finetune.distributed.nproc={d.nproc} ({world} ranks) must divide "
+                          f"finetune.batch_size={f.batch_size}")
+    if world > 1 and backend == "nccl" and not cuda:
+        raise ConfigError("finetune.distributed.backend: nccl needs CUDA (finetune.device resolved to cpu); use gloo")
+    if world > 1 and cuda and world > torch.cuda.device_count():
+        raise ConfigError(f"finetune.distributed.nproc={world} exceeds the {torch.cuda.device_count()} CUDA devices")
+    return world, backend

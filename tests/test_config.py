@@ -66,6 +66,9 @@ def test_typo_names_key_path(tiny: dict) -> None:
         ("attack.attacks.cw_l2.eps", [1], r"cw_l2 is unbounded"),
         ("attack.region", "sky", r"attack\.region: Input should be 'full' or 'lights'"),
         ("train.crop_px", 64, r"train\.crop_px=64 exceeds dataset\.crop_px=32"),
+        ("finetune.distributed.nproc", 3, r"^params\.yaml: finetune\.distributed\.nproc=3 must divide finetune\.batch_size=4"),
+        ("finetune.distributed.nproc", 0, r"^params\.yaml: finetune\.distributed\.nproc: an integer in 1\.\.1024 or auto"),
+        ("finetune.distributed.backend", "mpi", r"finetune\.distributed\.backend: Input should be 'auto', 'gloo' or 'nccl'"),
     ],
 )
 def test_out_of_range_values(tiny: dict, path: str, value: object, pattern: str) -> None:

@@ -545,6 +545,33 @@ class AdaptiveParams(Frozen):
     max_images: int | None = Field(8, ge=1)
 
 
+class DistributedParams(Frozen):
+    """Data-parallel fine-tuning: torchrun starts ``nproc`` ranks on one worker (DDP).
+
+    Every rank draws the same global batch and trains on its contiguous 1/nproc share;
+    DDP averages the gradients, so an update equals the single-process one up to float
+    reduction order. Launch settings only: left out of the stage's fingerprint.
+    """
+
+    nproc: int | Literal["auto"] = Field(1, description="ranks; 1: in-process, no DDP; auto: one per CUDA device")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
+    master_port: int | None = Field(None, ge=1024, le=65535, description="None: a free loopback port")
+    timeout_min: float = Field(24 * 60.0, gt=0.0, le=7 * 24 * 60.0, description="the launch is killed after this")
+
+    @field_validator("nproc", mode="before")
+    @classmethod
+    def _nproc(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1024:
+            raise ValueError(f"an integer in 1..1024 or auto, got {v!r}")
+        return v
+
+    def world_size(self, cuda_devices: int) -> int:
+        """Number of ranks: ``nproc``, or ``auto`` -> ``cuda_devices`` (at least 1)."""
+        return max(1, cuda_devices) if self.nproc == "auto" else int(self.nproc)
+
+
 class FinetuneParams(Frozen):
     """Fine-tuning on purified inputs mixed with clean ones, against the clean ground truth."""
 
@@ -565,6 +592,7 @@ class FinetuneParams(Frozen):
     device: Device = "auto"
     amp: bool = True
     seed: int = Field(0, ge=0)
+    distributed: DistributedParams = DistributedParams()
 
 
 class EvaluateParams(Frozen):
@@ -658,6 +686,10 @@ class Params(Frozen):
             if t > top:
                 raise ValueError(f"{where}={t} exceeds the purifier's trained range (t <= {top}: purifier.max_timestep "
                                  "/ num_train_timesteps)")
+        n, batch = self.finetune.distributed.nproc, self.finetune.batch_size
+        if n != "auto" and batch % n:
+            raise ValueError(f"finetune.distributed.nproc={n} must divide finetune.batch_size={batch} "
+                             "(every rank takes an equal share of the global batch)")
         for section in ("train", "finetune"):
             crop = getattr(self, section).crop_px
             if crop > self.dataset.crop_px:

@@ -18,7 +18,8 @@ Batch = tuple[Tensor, Tensor, Tensor | None]
 
 
 def _cond_for(model: nn.Module, cond: Tensor | None, device: torch.device) -> Tensor | None:
-    if cond is None or not getattr(model, "conditional", False):
+    inner = getattr(model, "module", model)  # DistributedDataParallel / DataParallel wrap the restorer
+    if cond is None or not getattr(inner, "conditional", False):
         return None
     return cond.to(device)
 
