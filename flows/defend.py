@@ -6,9 +6,12 @@ from typing import Any
 
 from prefect import flow
 
+import tasks.attack
+import tasks.purification
+import tasks.shards
 from tasks.adaptive import adaptive_attacks
 from tasks.attack import attack_restorer
-from tasks.common import Paths, fingerprint
+from tasks.common import Paths, file_digest, fingerprint
 from tasks.purification import purify_sets, purify_train_set
 from tasks.select import select_tstar
 from tasks.tracking import stage_run
@@ -24,7 +27,8 @@ def attack_flow(restorer: str, params_path: str = "params.yaml", overrides: dict
     params.restorer(restorer)
     attacks = ",".join(a.id for a in params.attack.attacks)
     with stage_run("attack", params, params_path, tags={"restorer": restorer, "attacks": attacks}) as run:
-        with staged_output(paths.attacks(restorer), fingerprint(params, "attack", "lpips", extra=restorer)) as out:
+        fp = fingerprint(params, "attack", "lpips", extra=restorer + shard_code(tasks.attack))
+        with staged_output(paths.attacks(restorer), fp) as out:
             info = attack_restorer(params, restorer, data_dir, str(out))
         run.log_metrics(info)
         run.log_artifact(paths.attacks(restorer) / "records.json")
@@ -37,8 +41,9 @@ def purify_flow(restorer: str, params_path: str = "params.yaml", overrides: dict
     """Purify the clean and adversarial inputs of ``restorer`` -> data/purified/<restorer>/."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     with stage_run("purify", params, params_path, tags={"restorer": restorer}) as run:
-        with staged_output(paths.purified(restorer), fingerprint(params, "purify", "attack", "lpips",
-                                                                  extra=restorer + tstar_digest(paths))) as out:
+        fp = fingerprint(params, "purify", "attack", "lpips",
+                         extra=restorer + tstar_digest(paths) + shard_code(tasks.purification))
+        with staged_output(paths.purified(restorer), fp) as out:
             sets = purify_sets(params, restorer, data_dir, str(out))
         run.log_metrics({"sets": len(sets)})
     return str(paths.purified(restorer))
@@ -50,10 +55,16 @@ def purify_train_flow(params_path: str = "params.yaml", overrides: dict[str, Any
     """Purify train inputs at each fine-tuning strength -> data/purified_train/t_<t>/."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     with stage_run("purify_train", params, params_path) as run:
-        with staged_output(paths.purified_train, fingerprint(params, "purify", "finetune")) as out:
+        fp = fingerprint(params, "purify", "finetune", extra=shard_code(tasks.purification))
+        with staged_output(paths.purified_train, fp) as out:
             strengths = purify_train_set(params, data_dir, str(out))
         run.log_metrics({"strengths": len(strengths)})
     return str(paths.purified_train)
+
+
+def shard_code(module) -> str:
+    """A stage's task code enters its fingerprint: shards written by other code are not resumed."""
+    return file_digest(module.__file__) + file_digest(tasks.shards.__file__)
 
 
 def tstar_digest(paths: Paths) -> str:

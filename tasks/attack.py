@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
 import zlib
 from pathlib import Path
@@ -10,13 +12,26 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import Paths, progress, resolve_device
+from tasks.common import Paths, resolve_device
+from tasks.shards import (
+    SHARDS_DIR,
+    batches,
+    load_shard,
+    remove_shards,
+    run_shards,
+    save_shard,
+    shard_file,
+    shard_params,
+    shard_ranges,
+    stamp,
+)
 from tasks.train import load_restorer
 from udcguard.attacks import Attack
 from udcguard.attacks.build import build_attack
 from udcguard.attacks.objectives import make_objective
 from udcguard.attacks.regions import region_mask
 from udcguard.config import AttackSpec, Params
+from udcguard.errors import UdcGuardError
 from udcguard.io.atomic import save_json
 from udcguard.io.datasets import TensorPairs, load_split, save_inputs
 from udcguard.train.restorer import model_fn
@@ -48,11 +63,11 @@ def surrogate_name(params: Params, spec: AttackSpec, target: str) -> str:
 
 
 def make_attack(params: Params, spec: AttackSpec, eps: float, step: float | None, f, *, objective, paths: Paths,
-                target: str, cond, device: torch.device) -> Attack:
-    """The attack object of one level (the transfer attack gets its surrogate restorer)."""
+                target: str, cond, device: torch.device, loader=load_restorer) -> Attack:
+    """The attack object of one level (the transfer attack gets its surrogate restorer from ``loader``)."""
     surrogate_fn = None
     if spec.attack == "transfer":
-        surrogate = load_restorer(paths.model(surrogate_name(params, spec, target)), device)
+        surrogate = loader(paths.model(surrogate_name(params, spec, target)), device)
         for prm in surrogate.parameters():
             prm.requires_grad_(False)
         surrogate_fn = model_fn(surrogate, cond, device)
@@ -61,65 +76,113 @@ def make_attack(params: Params, spec: AttackSpec, eps: float, step: float | None
                         surrogate_fn=surrogate_fn)
 
 
-def _attack_set(params: Params, spec: AttackSpec, eps: float, step: float | None, model, pairs: TensorPairs,
-                objective, paths: Paths, target: str, device: torch.device, bar) -> tuple[torch.Tensor, list[dict]]:
-    a = params.attack
-    gen = torch.Generator().manual_seed(level_seed(a.seed, spec.id, eps))
+def batch_seed(seed: int, attack_id: str, eps: float, ids: list[str]) -> int:
+    """Seed of one batch, from (seed, attack set, level, its image ids): independent of sharding."""
+    text = f"{level_seed(seed, attack_id, eps)}:" + "/".join(ids)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") % 2**63
+
+
+@functools.lru_cache(maxsize=4)
+def _restorer(path: str, device: str, _stamp: int) -> torch.nn.Module:
+    model = load_restorer(Path(path), torch.device(device))
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    return model
+
+
+def cached_restorer(path: Path, device: torch.device) -> torch.nn.Module:
+    """A frozen restorer, loaded once per process (reloaded when its files change)."""
+    return _restorer(str(path), str(device), stamp(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _pairs(split: str, psf: str, max_images: int | None, _stamp: int) -> TensorPairs:
+    return load_split(Path(split), psf_dir=Path(psf), max_items=max_images)
+
+
+@functools.lru_cache(maxsize=4)
+def _objective(name: str, backbone: str | None, lin: str | None, net: str):
+    return make_objective(name, lpips_backbone=backbone, lpips_lin=lin, net=net)
+
+
+def attack_shard(ctx: dict, job: dict) -> str:
+    """One shard: attack set ``job["attack"]`` at one level on images [start, stop) -> its .pt file."""
+    params, paths = shard_params(ctx["params"]), Paths(ctx["data_dir"])
+    a, spec, eps, step = params.attack, params.attack.spec(job["attack"]), job["eps"], job["step"]
+    device = resolve_device(a.device)
+    model = cached_restorer(paths.model(ctx["name"]), device)
+    pairs = _pairs(str(paths.udc / a.split), str(paths.psf), a.max_images, stamp(paths.udc / a.split))
+    lp = params.lpips
+    weights = (str(q) if q else None for q in (lp.backbone_path, lp.lin_path))
+    objective = _objective(spec.objective or a.objective, *weights, lp.net)
     advs, records = [], []
-    for i in range(0, len(pairs), a.batch_size):
-        x = pairs.lq[i : i + a.batch_size].to(device)
-        cond = pairs.cond[i : i + a.batch_size] if pairs.cond is not None else None
+    for i, j in batches(job["start"], job["stop"], a.batch_size):  # the stage's batch grid, whatever the shard
+        x = pairs.lq[i:j].clone().to(device)  # (B, 3, H, W)
+        cond = pairs.cond[i:j].clone() if pairs.cond is not None else None
         f = model_fn(model, cond, device)
-        attack = make_attack(params, spec, eps, step, f, objective=objective, paths=paths, target=target,
-                              cond=cond, device=device)
+        attack = make_attack(params, spec, eps, step, f, objective=objective, paths=paths, target=ctx["name"],
+                             cond=cond, device=device, loader=cached_restorer)
         mask = region_mask(x, spec.region or a.region, threshold=a.region_threshold, dilate_px=a.region_dilate_px)
+        gen = torch.Generator().manual_seed(batch_seed(a.seed, spec.id, eps, list(pairs.ids[i:j])))
         t0 = time.perf_counter()
-        res = attack(x, gt=pairs.gt[i : i + a.batch_size].to(device), mask=mask, generator=gen)
+        res = attack(x, gt=pairs.gt[i:j].clone().to(device), mask=mask, generator=gen)
         dt = (time.perf_counter() - t0) / x.shape[0]
         advs.append(res.x_adv.cpu())
-        extra = getattr(attack, "last_info", None) or {}
-        for k in range(x.shape[0]):
-            rec = {"id": pairs.ids[i + k], "attack": spec.id, "method": spec.attack, "eps": eps, "step": step,
-                   "objective_name": getattr(objective, "name", str(objective)),
-                   "objective": float(res.objective[k]), "objective_clean": float(res.objective_clean[k]),
-                   "linf": float(res.linf[k]), "l2": float(res.l2[k]), "queries": res.queries, "grads": res.grads,
-                   "seconds": dt, "masked_fraction": float(mask[k].mean()) if mask is not None else 1.0}
-            rec.update({key: float(v[k]) for key, v in extra.items()})
-            records.append(rec)
-        bar.update(x.shape[0])
-    return torch.cat(advs), records
+        records += _records(spec, eps, step, objective, res, mask, pairs.ids[i:j], dt,
+                            getattr(attack, "last_info", None) or {})
+    save_shard(job["out"], {"ids": list(pairs.ids[job["start"]:job["stop"]]), "x_adv": torch.cat(advs),
+                            "records": records})
+    return job["key"]
+
+
+def _records(spec: AttackSpec, eps: float, step: float | None, objective, res, mask, ids, seconds: float,
+             extra: dict) -> list[dict]:
+    """One record per image of a batch: objective, norms, queries, gradients, time."""
+    out = []
+    for k, image_id in enumerate(ids):
+        rec = {"id": image_id, "attack": spec.id, "method": spec.attack, "eps": eps, "step": step,
+               "objective_name": getattr(objective, "name", str(objective)),
+               "objective": float(res.objective[k]), "objective_clean": float(res.objective_clean[k]),
+               "linf": float(res.linf[k]), "l2": float(res.l2[k]), "queries": res.queries, "grads": res.grads,
+               "seconds": seconds, "masked_fraction": float(mask[k].mean()) if mask is not None else 1.0}
+        rec.update({key: float(v[k]) for key, v in extra.items()})
+        out.append(rec)
+    return out
+
+
+def _plan(params: Params, n: int, out: Path) -> list[tuple[AttackSpec, float, float | None, list[dict]]]:
+    """Per (attack set, level), in params order: its shard jobs over whole batches."""
+    a, plan = params.attack, []
+    for spec in a.attacks:
+        size = min(spec.max_images or n, n)
+        for eps, step in levels(spec):
+            jobs = [{"key": f"{set_name(spec.id, eps)}.{i:06d}-{j:06d}", "attack": spec.id, "eps": eps, "step": step,
+                     "start": i, "stop": j} for i, j in shard_ranges(size, params.parallel.shard_images, a.batch_size)]
+            plan.append((spec, eps, step, [{**job, "out": str(shard_file(out, job["key"]))} for job in jobs]))
+    return plan
 
 
 @task(name="attack", cache_policy=NO_CACHE)
 def attack_restorer(params: Params, name: str, data_dir: str, out_dir: str) -> dict:
-    """Every attack set at every level; writes input sets + per-image records (objective, norms, queries, time)."""
-    paths, a = Paths(data_dir), params.attack
-    device = resolve_device(a.device)
-    model = load_restorer(paths.model(name), device)
-    for prm in model.parameters():
-        prm.requires_grad_(False)
+    """Every attack set at every level, in shards; writes the input sets + per-image records.json."""
+    paths, a, out = Paths(data_dir), params.attack, Path(out_dir)
     pairs = load_split(paths.udc / a.split, psf_dir=paths.psf, max_items=a.max_images)
-    out = Path(out_dir)
     save_inputs(out / "clean", pairs.lq, pairs.ids, {"attack": "none", "eps": 0.0, "split": a.split})
-    objectives: dict[str, object] = {}
+    plan = _plan(params, len(pairs), out)
+    ctx = {"params": params.model_dump_json(), "name": name, "data_dir": data_dir}
+    run_shards("tasks.attack:attack_shard", ctx, [job for *_, jobs in plan for job in jobs], params.parallel,
+               f"attack {name}")
     records: list[dict] = []
-    sizes = {s.id: min(s.max_images or len(pairs), len(pairs)) for s in a.attacks}
-    bar = progress(sum(sizes[s.id] * len(levels(s)) for s in a.attacks), f"attack {name}")
-    for spec in a.attacks:
-        obj_name = spec.objective or a.objective
-        if obj_name not in objectives:
-            lp = params.lpips
-            objectives[obj_name] = make_objective(obj_name, lpips_backbone=lp.backbone_path, lpips_lin=lp.lin_path,
-                                                  net=lp.net)
-        subset = pairs.subset(range(sizes[spec.id]))
-        for eps, step in levels(spec):
-            x_adv, recs = _attack_set(params, spec, eps, step, model, subset, objectives[obj_name], paths, name,
-                                      device, bar)
-            records += recs
-            save_inputs(out / set_name(spec.id, eps), x_adv, subset.ids,
-                        {"attack": spec.id, "method": spec.attack, "eps": eps, "step": step,
-                         "objective": obj_name, "reference": spec.reference or a.reference,
-                         "region": spec.region or a.region, "options": spec.options, "split": a.split})
-    bar.close()
+    for spec, eps, step, jobs in plan:  # merge in params order: sets, then records.json
+        parts = [load_shard(job["out"]) for job in jobs]
+        ids = [i for part in parts for i in part["ids"]]
+        if ids != list(pairs.ids[: len(ids)]):
+            raise UdcGuardError(f"{out / SHARDS_DIR}: shards of {set_name(spec.id, eps)} do not match the split's ids")
+        records += [rec for part in parts for rec in part["records"]]
+        save_inputs(out / set_name(spec.id, eps), torch.cat([part["x_adv"] for part in parts]), ids,
+                    {"attack": spec.id, "method": spec.attack, "eps": eps, "step": step,
+                     "objective": spec.objective or a.objective, "reference": spec.reference or a.reference,
+                     "region": spec.region or a.region, "options": spec.options, "split": a.split})
     save_json(out / "records.json", records)
-    return {"images": len(pairs), "sets": sum(len(levels(s)) for s in a.attacks)}
+    remove_shards(out)
+    return {"images": len(pairs), "sets": len(plan), "shards": sum(len(jobs) for *_, jobs in plan)}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import threading
 from pathlib import Path
 
 import torch
@@ -10,11 +12,24 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import Paths, progress, resolve_device
+from tasks.shards import (
+    SHARDS_DIR,
+    batches,
+    load_shard,
+    remove_shards,
+    run_shards,
+    save_shard,
+    shard_file,
+    shard_params,
+    shard_ranges,
+    stamp,
+)
 from tasks.tracking import RunLogger
 from tasks.train import _fit_with_resume
 from udcguard.config import Params
+from udcguard.errors import UdcGuardError
 from udcguard.io.atomic import read_json, save_json
-from udcguard.io.datasets import load_inputs, load_split, save_inputs
+from udcguard.io.datasets import INPUTS_FILE, load_inputs, load_split, save_inputs
 from udcguard.io.purifier_store import load_purifier, save_purifier
 from udcguard.purify.diffusion import (
     Purifier,
@@ -122,34 +137,83 @@ def purify_set(purifier: Purifier, x: torch.Tensor, ids: list[str], *, t_star: i
     return torch.cat(out) if out else x.clone()
 
 
+@functools.lru_cache(maxsize=8)
+def _purifier(params_text: str, data_dir: str, _stamp: int, _thread: int) -> Purifier:
+    """One purifier per process and thread: ``purify`` sets its scheduler's timesteps."""
+    params = shard_params(params_text)
+    return deployed_purifier(params, Paths(data_dir), resolve_device(params.purify.device))
+
+
+@functools.lru_cache(maxsize=2)
+def _source(source: str, max_items: int | None, _stamp: int) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """(inputs, ids) of an input set folder, or of a split folder (its first ``max_items``)."""
+    if (Path(source) / INPUTS_FILE).exists():
+        x, ids, _ = load_inputs(source)
+        return x, ids
+    pairs = load_split(source, psf_dir=None, max_items=max_items)
+    return pairs.lq, pairs.ids
+
+
+def purify_shard(ctx: dict, job: dict) -> str:
+    """One shard: purify images [start, stop) of ``job["source"]`` at t*, per-image seeds -> its .pt file."""
+    params = shard_params(ctx["params"])
+    purifier = _purifier(ctx["params"], ctx["data_dir"], stamp(Paths(ctx["data_dir"]).purifier), threading.get_ident())
+    x, ids = _source(job["source"], job.get("max_items"), stamp(job["source"]))
+    options, out = sampler_options(params), []
+    for i, j in batches(job["start"], job["stop"], params.purify.batch_size):
+        seeds = image_seeds(job["seed"], list(ids[i:j]))
+        out.append(purifier.purify(x[i:j].clone(), t_star=job["t_star"], seeds=seeds, **options).cpu())
+    save_shard(job["out"], {"ids": list(ids[job["start"]:job["stop"]]), "y": torch.cat(out)})
+    return job["key"]
+
+
+def _run_and_merge(params: Params, data_dir: str, out: Path, groups: list[tuple[str, list[str], dict, list[dict]]],
+                   desc: str) -> list[str]:
+    """Run every group's shards, then write each group (folder, ids, metadata, jobs) in order."""
+    ctx = {"params": params.model_dump_json(), "data_dir": data_dir}
+    run_shards("tasks.purification:purify_shard", ctx, [job for *_, jobs in groups for job in jobs],
+               params.parallel, desc)
+    for folder, ids, extra, jobs in groups:
+        parts = [load_shard(job["out"]) for job in jobs]
+        if [i for part in parts for i in part["ids"]] != list(ids):
+            raise UdcGuardError(f"{out / SHARDS_DIR}: shards of {folder} do not match its ids")
+        save_inputs(out / folder, torch.cat([part["y"] for part in parts]), ids, extra)
+    remove_shards(out)
+    return [folder for folder, *_ in groups]
+
+
+def _jobs(params: Params, out: Path, folder: str, n: int, **job) -> list[dict]:
+    """Shard jobs of one output folder over n images (whole batches of purify.batch_size)."""
+    ranges = shard_ranges(n, params.parallel.shard_images, params.purify.batch_size)
+    return [{**job, "key": f"{folder}.{i:06d}-{j:06d}", "out": str(shard_file(out, f"{folder}.{i:06d}-{j:06d}")),
+             "start": i, "stop": j} for i, j in ranges]
+
+
 @task(name="purify", cache_policy=NO_CACHE)
 def purify_sets(params: Params, name: str, data_dir: str, out_dir: str) -> list[str]:
     """Purify the clean evaluation inputs and every adversarial set of one restorer, ``purify.seeds`` draws each."""
-    paths, p = Paths(data_dir), params.purify
-    purifier = deployed_purifier(params, paths, resolve_device(p.device))
-    t_star, options = selected_t_star(params, paths), sampler_options(params)
+    paths, p, out = Paths(data_dir), params.purify, Path(out_dir)
+    t_star = selected_t_star(params, paths)
     sets = sorted(d.name for d in paths.attacks(name).iterdir() if (d / "manifest.json").exists())
-    written = []
+    groups = []
     for set_name in sets:
-        x, ids, extra = load_inputs(paths.attacks(name) / set_name)
+        _, ids, extra = load_inputs(paths.attacks(name) / set_name)
         for k in range(p.seeds):
-            y = purify_set(purifier, x, list(ids), t_star=t_star, seed=draw_seed(p.seed, k), batch_size=p.batch_size,
-                           desc=f"purify {name}/{set_name} draw {k}", **options)
-            save_inputs(Path(out_dir) / draw_dir(set_name, k), y, ids,
-                        {**extra, "t_star": t_star, "purify_seed": draw_seed(p.seed, k), "draw": k,
-                         "sampler": p.sampler})
-            written.append(draw_dir(set_name, k))
-    return written
+            folder, seed = draw_dir(set_name, k), draw_seed(p.seed, k)
+            meta = {**extra, "t_star": t_star, "purify_seed": seed, "draw": k, "sampler": p.sampler}
+            source = str(paths.attacks(name) / set_name)
+            groups.append((folder, ids, meta, _jobs(params, out, folder, len(ids), source=source, t_star=t_star,
+                                                    seed=seed)))
+    return _run_and_merge(params, data_dir, out, groups, f"purify {name}")
 
 
 @task(name="purify-train", cache_policy=NO_CACHE)
 def purify_train_set(params: Params, data_dir: str, out_dir: str) -> list[int]:
     """Purify the first ``finetune.train_images`` train inputs at each strength in t_stars."""
-    paths, f, p = Paths(data_dir), params.finetune, params.purify
-    purifier = deployed_purifier(params, paths, resolve_device(p.device))
-    pairs = load_split(paths.udc / "train", psf_dir=None, max_items=f.train_images)
-    for t_star in f.t_stars:
-        y = purify_set(purifier, pairs.lq, list(pairs.ids), t_star=t_star, seed=p.seed + t_star,
-                       batch_size=p.batch_size, desc=f"purify train t*={t_star}", **sampler_options(params))
-        save_inputs(Path(out_dir) / f"t_{t_star}", y, pairs.ids, {"t_star": t_star, "split": "train"})
+    paths, f, p, out = Paths(data_dir), params.finetune, params.purify, Path(out_dir)
+    ids = load_split(paths.udc / "train", psf_dir=None, max_items=f.train_images).ids
+    groups = [(f"t_{t}", ids, {"t_star": t, "split": "train"},
+               _jobs(params, out, f"t_{t}", len(ids), source=str(paths.udc / "train"), max_items=f.train_images,
+                     t_star=t, seed=p.seed + t)) for t in f.t_stars]
+    _run_and_merge(params, data_dir, out, groups, "purify train")
     return list(f.t_stars)

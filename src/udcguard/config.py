@@ -607,6 +607,33 @@ class TrackingParams(Frozen):
     experiment: str = "udcguard"
 
 
+class ParallelParams(Frozen):
+    """How the attack and purify stages run their shards (contiguous image ranges).
+
+    Outputs do not depend on the runner, the worker count or ``shard_images``: shards are
+    whole batches of the stage and randomness is seeded per batch / image. CPU float
+    rounding does depend on the torch threads per process, so bit-identical outputs across
+    runs need the same ``torch_threads``.
+    """
+
+    runner: Literal["sequential", "threads", "dask"] = "sequential"
+    workers: int = Field(2, ge=1, le=1024, description="threads or Dask worker processes")
+    address: str | None = Field(
+        None, pattern=r"^([a-z][a-z0-9+]*://)?[^\s/]+:\d+(/\S*)?$",
+        description="an existing Dask scheduler (tcp://host:8786) instead of a local cluster; runner dask only",
+    )
+    shard_images: int = Field(4, ge=1, le=1_000_000, description="images per shard, rounded up to whole batches")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="torch threads per worker; None: cpu count // workers (at least 1)"
+    )
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> ParallelParams:
+        if self.address is not None and self.runner != "dask":
+            raise ValueError(f"address applies to runner dask only (runner is {self.runner})")
+        return self
+
+
 class Params(Frozen):
     """The whole params.yaml."""
 
@@ -625,6 +652,7 @@ class Params(Frozen):
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
+    parallel: ParallelParams = ParallelParams()
 
     @field_validator("restorers", mode="before")
     @classmethod
