@@ -15,7 +15,6 @@ import typer
 import yaml
 
 import flows  # noqa: F401  (sets offline/telemetry environment defaults)
-from udcguard.config import load_params
 from udcguard.errors import UdcGuardError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -49,6 +48,8 @@ def _overrides(items: list[str] | None) -> dict[str, object]:
 def _run(fn, params_path: Path, sets: list[str] | None, restorer: str | None = None, **kwargs) -> None:
     try:
         overrides = _overrides(sets)
+        from udcguard.config import load_params  # imports torch: not at CLI start (remote commands)
+
         p = load_params(params_path, overrides)  # fail fast, before Prefect starts
         if restorer is not None:
             p.restorer(restorer)
@@ -175,12 +176,124 @@ def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_
 @app.command("check-params")
 def check_params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Validate a params file and print it resolved (defaults filled in)."""
+    from udcguard.config import load_params
+
     try:
         p = load_params(params, _overrides(set_))
     except UdcGuardError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False))
+
+
+# ------------------------------------------------------------------ storage and tracking server
+remote_app = typer.Typer(no_args_is_help=True, help="DVC S3 remote: setup, check, push, pull, verify "
+                         "(endpoint and credentials from AWS_* env vars; never printed).")
+app.add_typer(remote_app, name="remote")
+RemoteOpt = Annotated[str | None, typer.Option("--remote", "-r", help="DVC remote name (default: the default remote)")]
+AttemptsOpt = Annotated[int, typer.Option("--attempts", envvar="UDCGUARD_S3_ATTEMPTS", min=1, max=20,
+                                          help="tries before giving up")]
+DelayOpt = Annotated[float, typer.Option("--retry-delay", envvar="UDCGUARD_S3_RETRY_DELAY", min=0.0,
+                                         help="first backoff delay in s (doubles each try)")]
+
+
+def _storage(fn, *args, **kwargs) -> None:
+    from tasks.storage import StorageError
+
+    try:
+        typer.echo(fn(*args, **kwargs))
+    except StorageError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    except UdcGuardError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+@remote_app.command("setup")
+def remote_setup(url: Annotated[str, typer.Argument(help="s3://bucket/prefix")],
+                 name: Annotated[str, typer.Option("--name")] = "storage",
+                 project: Annotated[bool, typer.Option("--project", help="write .dvc/config (committed), "
+                                                       "not .dvc/config.local")] = False) -> None:
+    """Add an S3 remote as DVC's default; endpointurl from AWS_ENDPOINT_URL; no credentials written."""
+    from tasks import storage
+
+    def run() -> str:
+        r = storage.setup_remote(url, name, project)
+        where = ".dvc/config" if project else ".dvc/config.local"
+        return f"ok: DVC remote {r.name} -> {r.url} at {storage.label(r.endpoint)} (in {where})"
+
+    _storage(run)
+
+
+@remote_app.command("check")
+def remote_check(remote: RemoteOpt = None, attempts: AttemptsOpt = 4, retry_delay: DelayOpt = 1.0) -> None:
+    """Check that the remote's bucket answers (head_bucket, retried with backoff)."""
+    from tasks import storage
+
+    def run() -> str:
+        r = storage.remote(remote)
+        storage.check(r.url, r.endpoint, attempts, retry_delay)
+        return f"ok: {r.url} reachable at {storage.label(r.endpoint)}"
+
+    _storage(run)
+
+
+@remote_app.command("push")
+def remote_push(remote: RemoteOpt = None, attempts: AttemptsOpt = 4, retry_delay: DelayOpt = 1.0) -> None:
+    """`dvc push` after a reachability check, retried with backoff."""
+    from tasks.storage import transfer
+
+    _storage(lambda: f"ok: dvc push: {transfer('push', remote, '.', attempts, retry_delay)}")
+
+
+@remote_app.command("pull")
+def remote_pull(remote: RemoteOpt = None, attempts: AttemptsOpt = 4, retry_delay: DelayOpt = 1.0) -> None:
+    """`dvc pull` after a reachability check, retried with backoff."""
+    from tasks.storage import transfer
+
+    _storage(lambda: f"ok: dvc pull: {transfer('pull', remote, '.', attempts, retry_delay)}")
+
+
+@remote_app.command("verify")
+def remote_verify(remote: RemoteOpt = None, deep: Annotated[bool, typer.Option(
+        "--deep", help="hash every object, even when its ETag matches")] = False) -> None:
+    """Check that every object on the remote has the md5 its key names (no partial uploads)."""
+    from tasks import storage
+
+    def run() -> str:
+        r = storage.remote(remote)
+        storage.check(r.url, r.endpoint, 1, 0.0)
+        return f"ok: {storage.verify(r.url, r.endpoint, deep)} objects under {r.url} match their md5 keys"
+
+    _storage(run)
+
+
+@app.command("mlflow-server")
+def mlflow_server(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+                  port: Annotated[int, typer.Option("--port")] = 5000,
+                  backend_store_uri: Annotated[str, typer.Option("--backend-store-uri")] = "sqlite:///mlflow.db",
+                  artifacts_destination: Annotated[str, typer.Option(
+                      "--artifacts-destination", help="folder or s3://bucket/prefix")] = "./mlartifacts",
+                  workers: Annotated[int, typer.Option("--workers")] = 1) -> None:
+    """Start an MLflow tracking server (sqlite backend, proxied artefacts); prints the URI to export."""
+    import os
+
+    from tasks import storage
+    from tasks.tracking import server_command
+
+    def run() -> str:
+        cmd = server_command(host, port, backend_store_uri, artifacts_destination, workers)
+        if artifacts_destination.startswith("s3://"):
+            storage.check(artifacts_destination, os.environ.get("MLFLOW_S3_ENDPOINT_URL") or
+                          storage.endpoint_from_env(), *storage.retry_settings())
+        os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runner: 8 unused processes
+        typer.echo(f"export MLFLOW_TRACKING_URI=http://{host}:{port}")
+        sys.stdout.flush()
+        os.execv(cmd[0], cmd)  # replaces this process: its PID is the server's
+        return ""
+
+    _storage(run)
 
 
 if __name__ == "__main__":

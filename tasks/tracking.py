@@ -7,8 +7,12 @@
 * Params flattened, the git commit recorded, metrics, images, artefacts, and models
   registered in the model registry.
 * The store defaults to a sqlite file in the working directory (``sqlite:///mlflow.db``,
-  git-ignored); ``MLFLOW_TRACKING_URI`` overrides it. Credentials (e.g. for an S3 artefact
-  store) come from the environment only and are never logged.
+  git-ignored); ``MLFLOW_TRACKING_URI`` overrides it (e.g. a server from
+  :func:`server_command`). Credentials (e.g. for an S3 artefact store) come from the
+  environment only and are never logged.
+* Artefact uploads (to S3 client-side, or through the server) are retried with
+  exponential backoff (UDCGUARD_S3_ATTEMPTS, UDCGUARD_S3_RETRY_DELAY), then fail with
+  :class:`ArtifactStoreError` naming the endpoint; stage outputs are already on disk.
 
 Logging goes through an explicit run id (``RunLogger``), so tasks can log from any thread.
 """
@@ -18,14 +22,24 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from udcguard.config import Params, flatten
+from tasks import storage
+from udcguard.errors import UdcGuardError
+
+if TYPE_CHECKING:  # udcguard.config imports torch: not needed to start a server
+    from udcguard.config import Params
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+class ArtifactStoreError(UdcGuardError):
+    """An artefact upload failed after its retries; names the artefact store's endpoint."""
 
 
 def tracking_uri() -> str:
@@ -64,8 +78,6 @@ class RunLogger:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self._c is None:
             return
-        import time
-
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
@@ -73,13 +85,25 @@ class RunLogger:
         for i in range(0, len(batch), 500):
             self._c.log_batch(self.run_id, metrics=batch[i : i + 500])
 
+    def _upload(self, what: str, fn, *args: Any) -> None:
+        """Run an artefact upload with retries; one-line ArtifactStoreError naming the endpoint."""
+        attempts, delay = storage.retry_settings()
+        try:
+            storage.retry(lambda: fn(self.run_id, *args), what, attempts, delay, sleep=_sleep)
+        except storage.StorageError as err:
+            try:
+                uri = self._c.get_run(self.run_id).info.artifact_uri
+            except Exception:  # noqa: BLE001 - the tracking server may be down too
+                uri = f"run {self.run_id}"
+            raise ArtifactStoreError(f"MLflow artefact store {_endpoint(uri)} ({uri}): {err}") from None
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self._c is not None:
-            self._c.log_artifact(self.run_id, str(path), artifact_path)
+            self._upload(f"upload of {path} failed", self._c.log_artifact, str(_existing(path)), artifact_path)
 
     def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self._c is not None:
-            self._c.log_artifacts(self.run_id, str(path), artifact_path)
+            self._upload(f"upload of {path} failed", self._c.log_artifacts, str(_existing(path)), artifact_path)
 
     def log_image(self, path: str | Path, name: str | None = None) -> None:
         """Log a PNG on disk as an MLflow image (shown in the run's artefacts)."""
@@ -87,8 +111,10 @@ class RunLogger:
             return
         from PIL import Image
 
-        with Image.open(path) as img:
-            self._c.log_image(self.run_id, img.convert("RGB"), artifact_file=name or Path(path).name)
+        with Image.open(_existing(path)) as img:
+            rgb = img.convert("RGB")
+        file = name or Path(path).name
+        self._upload(f"upload of {path} failed", lambda rid: self._c.log_image(rid, rgb, artifact_file=file))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self._c is not None:
@@ -97,7 +123,7 @@ class RunLogger:
 
     def log_dict(self, obj: Any, name: str) -> None:
         if self._c is not None:
-            self._c.log_dict(self.run_id, obj, name)
+            self._upload(f"upload of {name} failed", self._c.log_dict, obj, name)
 
     def register_model(self, model_dir: str | Path, name: str, description: str = "") -> str | None:
         """Log a saved model folder as an artefact and register it; returns the version."""
@@ -109,6 +135,35 @@ class RunLogger:
         run = self._c.get_run(self.run_id)
         mv = self._c.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=self.run_id)
         return str(mv.version)
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _existing(path: str | Path) -> Path:
+    if not Path(path).exists():
+        raise ArtifactStoreError(f"{path}: no such file to log to MLflow")
+    return Path(path)
+
+
+def _endpoint(artifact_uri: str) -> str:
+    """Where an artefact URI's bytes go: the S3 endpoint, the tracking server, or the path."""
+    if artifact_uri.startswith("s3://"):
+        return storage.label(os.environ.get("MLFLOW_S3_ENDPOINT_URL") or storage.endpoint_from_env())
+    if artifact_uri.startswith("mlflow-artifacts:"):
+        return f"server {tracking_uri()}"
+    return artifact_uri
+
+
+def server_command(host: str = "127.0.0.1", port: int = 5000, backend: str = "sqlite:///mlflow.db",
+                   artifacts: str = "./mlartifacts", workers: int = 1) -> list[str]:
+    """``mlflow server`` with a sqlite backend and proxied artefacts (a folder or s3://...)."""
+    if not backend.startswith("sqlite:///"):
+        raise UdcGuardError(f"--backend-store-uri {backend!r}: expected sqlite:///path.db")
+    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+            "--backend-store-uri", backend, "--serve-artifacts", "--artifacts-destination", artifacts,
+            "--workers", str(workers)]
 
 
 def pipeline_key(params_path: str | Path) -> tuple[str, str]:
@@ -147,6 +202,8 @@ def stage_run(stage: str, params: Params, params_path: str | Path = "params.yaml
         "mlflow.parentRunId": parent, "udcguard.stage": stage, "udcguard.pipeline": key,
         "mlflow.source.git.commit": commit, "udcguard.git_dirty": str(dirty).lower(), **(tags or {})})
     rid = run.info.run_id
+    from udcguard.config import flatten
+
     flat = flatten(params)
     from mlflow.entities import Param
 
