@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--shard-images", type=int, default=4)
     ap.add_argument("--size", default="small")
+    ap.add_argument("--skip-threaded", action="store_true", help="skip the sequential run on cpu count threads")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dask-"))
     os.environ.update({"PREFECT_HOME": str(tmp / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -126,8 +127,9 @@ def main() -> None:
         rows.append((f"dask, {workers} worker{'s' * (workers > 1)} x 1 thread", start, run))
         ref = ref or outputs(tmp / "out1")
     rows.append(("sequential, 1 process x 1 thread", 0.0, run_stage(params, data, tmp / "outseq1")))
-    seq = params.model_copy(update={"parallel": params.parallel.model_copy(update={"torch_threads": cpu_count()})})
-    rows.append((f"sequential, 1 process x {cpu_count()} threads", 0.0, run_stage(seq, data, tmp / "outseq")))
+    if not args.skip_threaded:
+        seq = params.model_copy(update={"parallel": params.parallel.model_copy(update={"torch_threads": cpu_count()})})
+        rows.append((f"sequential, 1 process x {cpu_count()} threads", 0.0, run_stage(seq, data, tmp / "outseq")))
     load1 = os.getloadavg()
     n = len(ref[1])
     print(f"attack stage: unet-{args.size}, {n} images {PARAMS['dataset']['crop_px']} px, PGD-{args.steps}, batch "
@@ -137,8 +139,10 @@ def main() -> None:
         print(f"{name:36s} {start:8.2f} {run:8.2f} {start + run:8.2f}")
     (_, s1, r1), (_, s2, r2) = rows[:2]
     print(f"ratio t1/t2 without startup: {r1 / r2:.2f}   with startup: {(s1 + r1) / (s2 + r2):.2f}")
+    threaded = "" if args.skip_threaded else \
+        f", sequential {cpu_count()} threads {same(ref, outputs(tmp / 'outseq'))}"
     print(f"outputs bit-identical to 1 worker: 2 workers {same(ref, outputs(tmp / 'out2'))}, sequential 1 thread "
-          f"{same(ref, outputs(tmp / 'outseq1'))}, sequential {cpu_count()} threads {same(ref, outputs(tmp / 'outseq'))}")
+          f"{same(ref, outputs(tmp / 'outseq1'))}{threaded}")
     print(f"load average (1, 5, 15 min) before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}   "
           f"after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
 
