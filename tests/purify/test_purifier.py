@@ -191,7 +191,9 @@ def test_load_bare_unet_folder_uses_default_scheduler(purifier: Purifier, tmp_pa
     loaded = load_purifier(tmp_path / "bare")
     assert loaded.num_train_timesteps == 1000
     x = torch.rand(1, 3, 16, 16)
-    assert torch.equal(loaded.purify(x, t_star=10, seeds=[3]), purifier.purify(x, t_star=10, seeds=[3]))
+    # same weights and noise; a reloaded module may get another oneDNN kernel (memory layout), so not bitwise
+    torch.testing.assert_close(loaded.purify(x, t_star=10, seeds=[3]), purifier.purify(x, t_star=10, seeds=[3]),
+                               rtol=0, atol=1e-5)
 
 
 def test_load_errors_name_the_path(purifier: Purifier, tmp_path: Path) -> None:
