@@ -14,15 +14,13 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.common import Paths, resolve_device
 from tasks.shards import (
-    SHARDS_DIR,
     batches,
-    load_shard,
+    gather,
     remove_shards,
     run_shards,
     save_shard,
-    shard_file,
+    shard_jobs,
     shard_params,
-    shard_ranges,
     stamp,
 )
 from tasks.train import load_restorer
@@ -31,7 +29,6 @@ from udcguard.attacks.build import build_attack
 from udcguard.attacks.objectives import make_objective
 from udcguard.attacks.regions import region_mask
 from udcguard.config import AttackSpec, Params
-from udcguard.errors import UdcGuardError
 from udcguard.io.atomic import save_json
 from udcguard.io.datasets import TensorPairs, load_split, save_inputs
 from udcguard.train.restorer import model_fn
@@ -156,9 +153,8 @@ def _plan(params: Params, n: int, out: Path) -> list[tuple[AttackSpec, float, fl
     for spec in a.attacks:
         size = min(spec.max_images or n, n)
         for eps, step in levels(spec):
-            jobs = [{"key": f"{set_name(spec.id, eps)}.{i:06d}-{j:06d}", "attack": spec.id, "eps": eps, "step": step,
-                     "start": i, "stop": j} for i, j in shard_ranges(size, params.parallel.shard_images, a.batch_size)]
-            plan.append((spec, eps, step, [{**job, "out": str(shard_file(out, job["key"]))} for job in jobs]))
+            plan.append((spec, eps, step, shard_jobs(out, set_name(spec.id, eps), size, params.parallel.shard_images,
+                                                     a.batch_size, attack=spec.id, eps=eps, step=step)))
     return plan
 
 
@@ -174,12 +170,10 @@ def attack_restorer(params: Params, name: str, data_dir: str, out_dir: str) -> d
                f"attack {name}")
     records: list[dict] = []
     for spec, eps, step, jobs in plan:  # merge in params order: sets, then records.json
-        parts = [load_shard(job["out"]) for job in jobs]
-        ids = [i for part in parts for i in part["ids"]]
-        if ids != list(pairs.ids[: len(ids)]):
-            raise UdcGuardError(f"{out / SHARDS_DIR}: shards of {set_name(spec.id, eps)} do not match the split's ids")
+        ids = list(pairs.ids[: jobs[-1]["stop"] if jobs else 0])
+        parts, x_adv = gather(jobs, "x_adv", ids, set_name(spec.id, eps))
         records += [rec for part in parts for rec in part["records"]]
-        save_inputs(out / set_name(spec.id, eps), torch.cat([part["x_adv"] for part in parts]), ids,
+        save_inputs(out / set_name(spec.id, eps), x_adv, ids,
                     {"attack": spec.id, "method": spec.attack, "eps": eps, "step": step,
                      "objective": spec.objective or a.objective, "reference": spec.reference or a.reference,
                      "region": spec.region or a.region, "options": spec.options, "split": a.split})

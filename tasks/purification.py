@@ -13,21 +13,18 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.common import Paths, progress, resolve_device
 from tasks.shards import (
-    SHARDS_DIR,
     batches,
-    load_shard,
+    gather,
     remove_shards,
     run_shards,
     save_shard,
-    shard_file,
+    shard_jobs,
     shard_params,
-    shard_ranges,
     stamp,
 )
 from tasks.tracking import RunLogger
 from tasks.train import _fit_with_resume
 from udcguard.config import Params
-from udcguard.errors import UdcGuardError
 from udcguard.io.atomic import read_json, save_json
 from udcguard.io.datasets import INPUTS_FILE, load_inputs, load_split, save_inputs
 from udcguard.io.purifier_store import load_purifier, save_purifier
@@ -174,19 +171,14 @@ def _run_and_merge(params: Params, data_dir: str, out: Path, groups: list[tuple[
     run_shards("tasks.purification:purify_shard", ctx, [job for *_, jobs in groups for job in jobs],
                params.parallel, desc)
     for folder, ids, extra, jobs in groups:
-        parts = [load_shard(job["out"]) for job in jobs]
-        if [i for part in parts for i in part["ids"]] != list(ids):
-            raise UdcGuardError(f"{out / SHARDS_DIR}: shards of {folder} do not match its ids")
-        save_inputs(out / folder, torch.cat([part["y"] for part in parts]), ids, extra)
+        save_inputs(out / folder, gather(jobs, "y", ids, folder)[1], ids, extra)
     remove_shards(out)
     return [folder for folder, *_ in groups]
 
 
 def _jobs(params: Params, out: Path, folder: str, n: int, **job) -> list[dict]:
     """Shard jobs of one output folder over n images (whole batches of purify.batch_size)."""
-    ranges = shard_ranges(n, params.parallel.shard_images, params.purify.batch_size)
-    return [{**job, "key": f"{folder}.{i:06d}-{j:06d}", "out": str(shard_file(out, f"{folder}.{i:06d}-{j:06d}")),
-             "start": i, "stop": j} for i, j in ranges]
+    return shard_jobs(out, folder, n, params.parallel.shard_images, params.purify.batch_size, **job)
 
 
 @task(name="purify", cache_policy=NO_CACHE)

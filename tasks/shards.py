@@ -71,6 +71,22 @@ def load_shard(path: str | Path) -> dict[str, Any]:
         raise UdcGuardError(f"{path}: unreadable shard ({type(err).__name__})") from None
 
 
+def shard_jobs(out_dir: str | Path, prefix: str, n: int, shard_images: int, batch_size: int, **job) -> list[dict]:
+    """The jobs of one output over n images: key ``<prefix>.<start>-<stop>``, shard file, range, ``job``."""
+    keys = [(f"{prefix}.{i:06d}-{j:06d}", i, j) for i, j in shard_ranges(n, shard_images, batch_size)]
+    return [{**job, "key": k, "out": str(shard_file(out_dir, k)), "start": i, "stop": j} for k, i, j in keys]
+
+
+def gather(jobs: list[dict], field: str, ids: list[str], what: str) -> tuple[list[dict], torch.Tensor]:
+    """Load one output's shards in order: (the shards, their ``field`` tensors concatenated); their ids
+    must be exactly ``ids``."""
+    parts = [load_shard(job["out"]) for job in jobs]
+    if [i for part in parts for i in part["ids"]] != list(ids):
+        where = Path(jobs[0]["out"]).parent if jobs else SHARDS_DIR
+        raise UdcGuardError(f"{where}: shards of {what} do not match its ids")
+    return parts, torch.cat([part[field] for part in parts])
+
+
 def remove_shards(out_dir: str | Path) -> None:
     shutil.rmtree(Path(out_dir) / SHARDS_DIR, ignore_errors=True)
 
