@@ -2,8 +2,8 @@
 
 In process by default. With ``dispatch=True`` each stage runs as its own Prefect deployment
 (prefect.yaml) on its work pool, ``cpu`` or ``gpu``, so stages land on the workers of those pools;
-independent stages (the restorers' training runs, then each restorer's attack -> purify ->
-finetune -> adaptive chain) run concurrently. Dispatched stages must see the same data
+independent stages (the restorers' training runs, then each restorer's finetune -> attack ->
+purify -> adaptive chain) run concurrently. Dispatched stages must see the same data
 directory (a shared file system, or the S3 remote: see the README).
 """
 
@@ -36,7 +36,7 @@ STAGES: dict[str, tuple[Callable, str]] = {
     "evaluate": (evaluate_flow, "cpu"),
     "report": (report_flow, "cpu"),
 }
-RESTORER_CHAIN = ("attack", "purify", "finetune", "adaptive")
+RESTORER_CHAIN = ("finetune", "attack", "purify", "adaptive")  # gray-box sets attack the fine-tuned restorer
 
 
 def run_stage(stage: str, dispatch: bool, **parameters: Any) -> Any:
@@ -65,8 +65,8 @@ def _concurrently(calls: list[Callable[[], Any]], dispatch: bool) -> list[Any]:
 @flow(name="pipeline")
 def pipeline(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None, data_dir: str = "data",
              reports_dir: str = "reports", dispatch: bool = False) -> str:
-    """synthesize -> train (restorers, purifier) -> purify train set -> select t* -> per restorer: attack ->
-    purify -> finetune -> adaptive attacks -> evaluate -> report.
+    """synthesize -> train (restorers, purifier) -> select t* -> purify train set -> per restorer: finetune ->
+    attack (base and fine-tuned) -> purify -> adaptive attacks -> evaluate -> report.
 
     The stages' MLflow runs gather under one parent run (see tasks/tracking.py).
     """
@@ -76,8 +76,8 @@ def pipeline(params_path: str = "params.yaml", overrides: dict[str, Any] | None 
     run_stage("synthesize", dispatch, **common)
     _concurrently([lambda n=n: run_stage("train_restorer", dispatch, restorer=n, **common) for n in names]
                   + [lambda: run_stage("train_purifier", dispatch, **common)], dispatch)
-    run_stage("purify_train", dispatch, **common)
     run_stage("select_tstar", dispatch, **common)
+    run_stage("purify_train", dispatch, **common)  # its strengths follow the selected t*
 
     def chain(name: str) -> None:
         for stage in RESTORER_CHAIN:

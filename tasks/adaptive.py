@@ -16,16 +16,16 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.attack import level_seed
+from tasks.attack import build_objective, level_seed
 from tasks.common import Paths, progress, resolve_device
 from tasks.purification import deployed_purifier, draw_dir, draw_seed, purify_set, sampler_options, selected_t_star
 from tasks.train import load_restorer
 from udcguard.attacks.adaptive import DefendedModel
 from udcguard.attacks.build import build_attack
-from udcguard.attacks.objectives import make_objective
 from udcguard.config import Params
 from udcguard.io.atomic import save_json
 from udcguard.io.datasets import load_split, save_inputs
+from udcguard.io.subsets import stratified_subset
 from udcguard.io.purifier_store import load_purifier
 from udcguard.train.restorer import model_fn
 
@@ -55,11 +55,10 @@ def adaptive_attacks(params: Params, name: str, data_dir: str, out_dir: str) -> 
     options = {k: v for k, v in sampler_options(params).items() if v is not None}
     t_star = selected_t_star(params, paths)
     spec = a.spec(ad.attack)
-    n = min(x for x in (ad.max_images, a.max_images) if x is not None) if ad.max_images or a.max_images else None
-    pairs = load_split(paths.udc / a.split, psf_dir=paths.psf, max_items=n)
-    lp = params.lpips
-    objective = make_objective(spec.objective or a.objective, lpips_backbone=lp.backbone_path, lpips_lin=lp.lin_path,
-                               net=lp.net)
+    split = load_split(paths.udc / a.split, psf_dir=paths.psf)
+    pool = stratified_subset(split.groups, a.max_images, a.seed)  # the attack stage's images
+    pairs = split.subset([pool[k] for k in stratified_subset([split.groups[i] for i in pool], ad.max_images, ad.seed)])
+    objective = build_objective(params, spec)
     nets = {"purify": _frozen(load_restorer(paths.model(name), device)),
             "purify+finetune": _frozen(load_restorer(paths.finetuned(name), device))}
     out, records = Path(out_dir), []
@@ -67,7 +66,7 @@ def adaptive_attacks(params: Params, name: str, data_dir: str, out_dir: str) -> 
     for setting in ad.settings:
         for defence in DEFENDED:
             for eps in ad.eps:
-                gen = torch.Generator().manual_seed(level_seed(a.seed, f"{setting}/{defence}", eps))
+                gen = torch.Generator().manual_seed(level_seed(ad.seed, f"{setting}/{defence}", eps))
                 advs = []
                 for i in range(0, len(pairs), a.batch_size):
                     x = pairs.lq[i : i + a.batch_size].to(device)

@@ -1,4 +1,12 @@
-"""Task of the attack stage: every attack set x every level on one restorer."""
+"""Task of the attack stage: every attack set x every level on one restorer.
+
+Two targets: the base restorer (``<set>``: the white-box rows, and the gray-box rows of
+``purify``) and the fine-tuned restorer (``finetuned~<set>``: the gray-box rows of
+``purify+finetune``: a gray-box attacker knows the deployed restorer). Transfer sets are
+crafted on a surrogate whatever the target, so they are made once. Subsets (``max_images``)
+are drawn stratified across scene groups (:func:`udcguard.io.subsets.stratified_subset`,
+seeded by ``attack.seed``), never as the first N ids.
+"""
 
 from __future__ import annotations
 
@@ -31,12 +39,37 @@ from udcguard.attacks.regions import region_mask
 from udcguard.config import AttackSpec, Params
 from udcguard.io.atomic import save_json
 from udcguard.io.datasets import TensorPairs, load_split, save_inputs
+from udcguard.io.subsets import stratified_subset
 from udcguard.train.restorer import model_fn
 
 
-def set_name(attack_id: str, eps: float) -> str:
-    """Directory of one adversarial set: ``<attack id>.eps_<level>`` (eps 0: unbounded)."""
-    return f"{attack_id}.eps_{eps:g}"
+#: Prefix of the sets crafted on the fine-tuned restorer (``~`` never occurs in an attack id).
+FINETUNED = "finetuned~"
+#: Attack target -> where its weights live (Paths method).
+TARGETS = {"base": "model", "finetuned": "finetuned"}
+
+
+def set_name(attack_id: str, eps: float, target: str = "base") -> str:
+    """Directory of one adversarial set: ``<attack id>.eps_<level>`` (eps 0: unbounded), prefixed
+    ``finetuned~`` when crafted on the fine-tuned restorer."""
+    return f"{FINETUNED if target == 'finetuned' else ''}{attack_id}.eps_{eps:g}"
+
+
+def targets(spec: AttackSpec) -> tuple[str, ...]:
+    """The restorers an attack set is crafted on: transfer sets only once (on the surrogate)."""
+    return ("base",) if spec.attack == "transfer" else ("base", "finetuned")
+
+
+def subset_indices(params: Params, pairs: TensorPairs, max_images: int | None) -> list[int]:
+    """Indices of the evaluated images: a subset stratified across scene groups (attack.seed), or all."""
+    return stratified_subset(pairs.groups, max_images, params.attack.seed)
+
+
+def build_objective(params: Params, spec: AttackSpec):
+    """The objective an attack set really uses (lpips_auto resolved; built once per process)."""
+    lp = params.lpips
+    weights = (str(q) if q else None for q in (lp.backbone_path, lp.lin_path))
+    return _objective(params.objective_of(spec), *weights, lp.net)
 
 
 def levels(spec: AttackSpec) -> list[tuple[float, float | None]]:
@@ -52,11 +85,15 @@ def level_seed(seed: int, attack_id: str, eps: float) -> int:
 
 
 def surrogate_name(params: Params, spec: AttackSpec, target: str) -> str:
-    """Transfer source: ``options.surrogate``, else the next restorer of params (cyclic)."""
-    if spec.options.get("surrogate"):
+    """Transfer source: ``options.surrogate``, else the next restorer of params (cyclic); never the target
+    itself (a transfer attack from the target would be a white-box result filed as black-box)."""
+    if spec.options.get("surrogate") and spec.options["surrogate"] != target:
         return spec.options["surrogate"]
     names = [r.name for r in params.restorers]
-    return names[(names.index(target) + 1) % len(names)]
+    source = names[(names.index(target) + 1) % len(names)]
+    if source == target:
+        raise ValueError(f"attack.attacks.{spec.id}: no surrogate restorer other than the target {target!r}")
+    return source
 
 
 def make_attack(params: Params, spec: AttackSpec, eps: float, step: float | None, f, *, objective, paths: Paths,
@@ -93,8 +130,8 @@ def cached_restorer(path: Path, device: torch.device) -> torch.nn.Module:
 
 
 @functools.lru_cache(maxsize=2)
-def _pairs(split: str, psf: str, max_images: int | None, _stamp: int) -> TensorPairs:
-    return load_split(Path(split), psf_dir=Path(psf), max_items=max_images)
+def _pairs(split: str, psf: str, _stamp: int) -> TensorPairs:
+    return load_split(Path(split), psf_dir=Path(psf))
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,11 +144,10 @@ def attack_shard(ctx: dict, job: dict) -> str:
     params, paths = shard_params(ctx["params"]), Paths(ctx["data_dir"])
     a, spec, eps, step = params.attack, params.attack.spec(job["attack"]), job["eps"], job["step"]
     device = resolve_device(a.device)
-    model = cached_restorer(paths.model(ctx["name"]), device)
-    pairs = _pairs(str(paths.udc / a.split), str(paths.psf), a.max_images, stamp(paths.udc / a.split))
-    lp = params.lpips
-    weights = (str(q) if q else None for q in (lp.backbone_path, lp.lin_path))
-    objective = _objective(spec.objective or a.objective, *weights, lp.net)
+    model = cached_restorer(getattr(paths, TARGETS[job["target"]])(ctx["name"]), device)
+    split = _pairs(str(paths.udc / a.split), str(paths.psf), stamp(paths.udc / a.split))
+    pairs = split.subset(job["indices"])  # the set's images (a stratified subset, in split order)
+    objective = build_objective(params, spec)
     advs, records = [], []
     for i, j in batches(job["start"], job["stop"], a.batch_size):  # the stage's batch grid, whatever the shard
         x = pairs.lq[i:j].clone().to(device)  # (B, 3, H, W)
@@ -126,7 +162,7 @@ def attack_shard(ctx: dict, job: dict) -> str:
         dt = (time.perf_counter() - t0) / x.shape[0]
         advs.append(res.x_adv.cpu())
         records += _records(spec, eps, step, objective, res, mask, pairs.ids[i:j], dt,
-                            getattr(attack, "last_info", None) or {})
+                            {**(getattr(attack, "last_info", None) or {}), "target": job["target"]})
     save_shard(job["out"], {"ids": list(pairs.ids[job["start"]:job["stop"]]), "x_adv": torch.cat(advs),
                             "records": records})
     return job["key"]
@@ -142,19 +178,22 @@ def _records(spec: AttackSpec, eps: float, step: float | None, objective, res, m
                "objective": float(res.objective[k]), "objective_clean": float(res.objective_clean[k]),
                "linf": float(res.linf[k]), "l2": float(res.l2[k]), "queries": res.queries, "grads": res.grads,
                "seconds": seconds, "masked_fraction": float(mask[k].mean()) if mask is not None else 1.0}
-        rec.update({key: float(v[k]) for key, v in extra.items()})
+        rec.update({key: v if isinstance(v, str) else float(v[k]) for key, v in extra.items()})
         out.append(rec)
     return out
 
 
-def _plan(params: Params, n: int, out: Path) -> list[tuple[AttackSpec, float, float | None, list[dict]]]:
-    """Per (attack set, level), in params order: its shard jobs over whole batches."""
+def _plan(params: Params, pairs: TensorPairs, out: Path) -> list[tuple[AttackSpec, float, float | None, str, list[dict]]]:
+    """Per (attack set, level, target), in params order: its shard jobs over whole batches of its images."""
     a, plan = params.attack, []
     for spec in a.attacks:
-        size = min(spec.max_images or n, n)
-        for eps, step in levels(spec):
-            plan.append((spec, eps, step, shard_jobs(out, set_name(spec.id, eps), size, params.parallel.shard_images,
-                                                     a.batch_size, attack=spec.id, eps=eps, step=step)))
+        indices = subset_indices(params, pairs, spec.max_images or a.max_images)
+        for target in targets(spec):
+            for eps, step in levels(spec):
+                name = set_name(spec.id, eps, target)
+                plan.append((spec, eps, step, target, shard_jobs(
+                    out, name, len(indices), params.parallel.shard_images, a.batch_size, attack=spec.id, eps=eps,
+                    step=step, target=target, indices=indices)))
     return plan
 
 
@@ -162,21 +201,24 @@ def _plan(params: Params, n: int, out: Path) -> list[tuple[AttackSpec, float, fl
 def attack_restorer(params: Params, name: str, data_dir: str, out_dir: str) -> dict:
     """Every attack set at every level, in shards; writes the input sets + per-image records.json."""
     paths, a, out = Paths(data_dir), params.attack, Path(out_dir)
-    pairs = load_split(paths.udc / a.split, psf_dir=paths.psf, max_items=a.max_images)
-    save_inputs(out / "clean", pairs.lq, pairs.ids, {"attack": "none", "eps": 0.0, "split": a.split})
-    plan = _plan(params, len(pairs), out)
+    pairs = load_split(paths.udc / a.split, psf_dir=paths.psf)
+    clean = pairs.subset(subset_indices(params, pairs, a.max_images))
+    save_inputs(out / "clean", clean.lq, clean.ids, {"attack": "none", "eps": 0.0, "split": a.split})
+    plan = _plan(params, pairs, out)
     ctx = {"params": params.model_dump_json(), "name": name, "data_dir": data_dir}
     run_shards("tasks.attack:attack_shard", ctx, [job for *_, jobs in plan for job in jobs], params.parallel,
                f"attack {name}")
     records: list[dict] = []
-    for spec, eps, step, jobs in plan:  # merge in params order: sets, then records.json
-        ids = list(pairs.ids[: jobs[-1]["stop"] if jobs else 0])
-        parts, x_adv = gather(jobs, "x_adv", ids, set_name(spec.id, eps))
+    for spec, eps, step, target, jobs in plan:  # merge in params order: sets, then records.json
+        name = set_name(spec.id, eps, target)
+        ids = [pairs.ids[i] for i in jobs[0]["indices"]] if jobs else []
+        parts, x_adv = gather(jobs, "x_adv", ids, name)
         records += [rec for part in parts for rec in part["records"]]
-        save_inputs(out / set_name(spec.id, eps), x_adv, ids,
-                    {"attack": spec.id, "method": spec.attack, "eps": eps, "step": step,
-                     "objective": spec.objective or a.objective, "reference": spec.reference or a.reference,
-                     "region": spec.region or a.region, "options": spec.options, "split": a.split})
+        save_inputs(out / name, x_adv, ids,
+                    {"attack": spec.id, "label": params.attack_label(spec), "method": spec.attack, "eps": eps,
+                     "step": step, "target": target, "objective": params.objective_of(spec),
+                     "reference": spec.reference or a.reference, "region": spec.region or a.region,
+                     "options": spec.options, "split": a.split})
     save_json(out / "records.json", records)
     remove_shards(out)
-    return {"images": len(pairs), "sets": len(plan), "shards": sum(len(jobs) for *_, jobs in plan)}
+    return {"images": len(clean), "sets": len(plan), "shards": sum(len(jobs) for *_, jobs in plan)}

@@ -12,11 +12,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.adaptive import DEFENDED, adaptive_set
-from tasks.attack import levels, set_name
+from tasks.attack import FINETUNED, TARGETS, levels, set_name, targets
 from tasks.common import Paths, progress, resolve_device
 from tasks.purification import deployed_purifier, draw_dir, purify_set, sampler_options, selected_t_star
 from tasks.train import load_restorer
 from udcguard.config import Params
+from udcguard.errors import UdcGuardError
 from udcguard.evaluation import METRICS, merge_draws, nested, score_images, summary_table
 from udcguard.io.atomic import save_json, save_png, write_bytes
 from udcguard.io.datasets import load_inputs, load_split
@@ -54,88 +55,156 @@ def perceptual_metric(params: Params, device: torch.device):
     return name, fn
 
 
-def attack_sets(params: Params) -> list[tuple[str, str, float]]:
-    """(set directory, attack id, eps) of every evaluated input set, clean first."""
-    return [("clean", "none", 0.0)] + [(set_name(s.id, eps), s.id, eps) for s in params.attack.attacks
-                                       for eps, _ in levels(s)]
+def attack_sets(params: Params) -> list[tuple[str, str, float, str]]:
+    """(set directory, row label, eps, method) of every evaluated input set, clean first; sets crafted on
+    the fine-tuned restorer follow the base ones."""
+    out = [("clean", "none", 0.0, "none")]
+    for target in TARGETS:
+        out += [(set_name(s.id, eps, target), params.attack_label(s), eps, s.attack) for s in params.attack.attacks
+                if target in targets(s) for eps, _ in levels(s)]
+    return out
 
 
-def _setting(attack: str, defence: str) -> str:
-    if attack == "none":
+def setting_of(method: str, defence: str, target: str) -> str:
+    """The threat setting of a row (design.md section 4).
+
+    clean: no attack. white-box: the undefended restorer attacked directly. gray-box: the attacker
+    knows the deployed restorer (base for ``purify``, fine-tuned for ``purify+finetune``), not the
+    purifier. transfer: crafted on another model (the transfer attack's surrogate, or the base
+    restorer scored on the fine-tuned one behind the purifier).
+    """
+    if method == "none":
         return "clean"
-    return "white-box" if defence == "none" else "gray-box"
+    if method == "transfer":
+        return "transfer"
+    if defence == "none":
+        return "white-box"
+    deployed = "finetuned" if defence == "purify+finetune" else "base"
+    return "gray-box" if target == deployed else "transfer"
+
+
+def expected_keys(params: Params) -> set[tuple[str, str, float, str, str]]:
+    """(restorer, attack, eps, defence, setting) of every row the evaluate stage writes for ``params``."""
+    keys: set[tuple[str, str, float, str, str]] = set()
+    ad = params.adaptive
+    label = params.attack_label(params.attack.spec(ad.attack)) if params.attack.attacks else ad.attack
+    for r in params.restorers:
+        for set_dir, attack, eps, method in attack_sets(params):
+            target = "finetuned" if set_dir.startswith(FINETUNED) else "base"
+            for d in ("purify+finetune",) if target == "finetuned" else DEFENCES:
+                keys.add((r.name, attack, float(eps), d, setting_of(method, d, target)))
+        keys |= {(r.name, f"{label}@adaptive-{s}", float(eps), d, f"adaptive-{s}")
+                 for s in ad.settings for d in DEFENDED for eps in ad.eps}
+    return keys
+
+
+class Scorer:
+    """Restores and scores input sets of one restorer on the images of its clean evaluation set.
+
+    Rows of one set are scored on exactly the images that set holds (matched by id), against
+    the ground truth and, for ``dev_psnr``, against the same system's output on the clean input
+    purified with the same draw (matched purification noise).
+    """
+
+    def __init__(self, params: Params, name: str, paths: Paths, device: torch.device, perceptual=None) -> None:
+        self.params, self.name, self.paths, self.device, self.perceptual = params, name, paths, device, perceptual
+        split = load_split(paths.udc / params.attack.split, psf_dir=paths.psf)
+        self.split, self.index = split, {i: k for k, i in enumerate(split.ids)}
+        self.nets = {"none": load_restorer(paths.model(name), device)}
+        self.nets["purify"] = self.nets["none"]
+        self.nets["purify+finetune"] = load_restorer(paths.finetuned(name), device)
+        self.clean_ids, clean_in, clean_pur = self.load(paths.attacks(name), paths.purified(name), "clean")
+        self.clean_out = {("none", 0): self.restore("none", clean_in, self.clean_ids)}
+        for d in DEFENCES[1:]:
+            for k, xp in enumerate(clean_pur):
+                self.clean_out[(d, k)] = self.restore(d, xp, self.clean_ids)
+
+    def pairs(self, ids: list[str]):
+        missing = [i for i in ids if i not in self.index]
+        if missing:
+            raise UdcGuardError(f"{self.name}: ids {missing[:3]} are not in the {self.params.attack.split} split "
+                                "(rerun the attack stage)")
+        return self.split.subset([self.index[i] for i in ids])
+
+    def load(self, root: Path, pur_root: Path, set_dir: str) -> tuple[list[str], torch.Tensor, list[torch.Tensor]]:
+        x_in, ids, _ = load_inputs(root / set_dir)
+        purs = []
+        for k in range(self.params.purify.seeds):
+            xp, pids, _ = load_inputs(pur_root / draw_dir(set_dir, k))
+            if list(pids) != list(ids):
+                raise UdcGuardError(f"{pur_root / draw_dir(set_dir, k)}: ids differ from {root / set_dir}")
+            purs.append(xp)
+        return list(ids), x_in, purs
+
+    def restore(self, defence: str, x: torch.Tensor, ids: list[str]) -> torch.Tensor:
+        p = self.pairs(ids)
+        return predict(self.nets[defence], x, p.cond, batch_size=self.params.evaluate.batch_size, device=self.device)
+
+    def reference(self, defence: str, k: int, ids: list[str]) -> torch.Tensor:
+        """The system's output on the clean inputs of ``ids`` (purification draw k)."""
+        pos = [self.clean_ids.index(i) for i in ids]
+        return self.clean_out[(defence, k if defence != "none" else 0)][pos]
+
+    def score(self, defence: str, outputs: list[torch.Tensor], inputs: list[torch.Tensor], ids: list[str],
+              **keys) -> list[dict]:
+        """Records of one (set, defence), merged over its draws (one output per draw)."""
+        p = self.pairs(ids)
+        per_draw = [score_images(o, p.gt, self.reference(defence, k, ids), x, ids, perceptual=self.perceptual,
+                                 defence=defence, **keys) for k, (o, x) in enumerate(zip(outputs, inputs, strict=True))]
+        recs = merge_draws(per_draw)
+        for r in recs:
+            r["group"] = p.groups[ids.index(r["id"])]
+        return recs
 
 
 def restorer_records(params: Params, name: str, paths: Paths, device: torch.device,
                      perceptual=None) -> tuple[list[dict], np.ndarray]:
     """Per-image records of one restorer over all sets, defences and purification draws; an example grid."""
-    a, bs, draws = params.attack, params.evaluate.batch_size, params.purify.seeds
-    base, ft = load_restorer(paths.model(name), device), load_restorer(paths.finetuned(name), device)
-    pairs = load_split(paths.udc / a.split, psf_dir=paths.psf, max_items=a.max_images)
-    nets = {"none": base, "purify": base, "purify+finetune": ft}
-
-    def restore(d: str, x: torch.Tensor) -> torch.Tensor:
-        cond = pairs.cond[: len(x)] if pairs.cond is not None else None
-        return predict(nets[d], x, cond, batch_size=bs, device=device)
-
-    def score(x_in, x_purs, ids, clean_out, **keys) -> list[dict]:
-        """Records of one input set: undefended, and each defence merged over its draws."""
-        n = len(ids)
-        recs = score_images(restore("none", x_in), pairs.gt[:n], clean_out["none"][:n], x_in, ids,
-                            perceptual=perceptual, defence="none", **keys)
-        recs = merge_draws([recs])
-        for d in ("purify", "purify+finetune"):
-            per_draw = [score_images(restore(d, xp), pairs.gt[:n], clean_out[d][:n], xp, ids, perceptual=perceptual,
-                                     defence=d, **keys) for xp in x_purs]
-            recs += merge_draws(per_draw)
-        return recs
-
-    def load(root: Path, pur_root: Path, set_dir: str) -> tuple[list[str], torch.Tensor, list[torch.Tensor]]:
-        x_in, ids, _ = load_inputs(root / set_dir)
-        assert list(ids) == list(pairs.ids[: len(ids)]), f"{name}/{set_dir}: ids differ from the {a.split} split"
-        return list(ids), x_in, [load_inputs(pur_root / draw_dir(set_dir, k))[0] for k in range(draws)]
-
-    _, clean_in, clean_pur = load(paths.attacks(name), paths.purified(name), "clean")
-    clean_out = {"none": restore("none", clean_in), "purify": restore("purify", clean_pur[0]),
-                 "purify+finetune": restore("purify+finetune", clean_pur[0])}
+    sc = Scorer(params, name, paths, device, perceptual)
     records: list[dict] = []
     sets = attack_sets(params)
-    for set_dir, attack, eps in sets:
-        ids, x_in, x_purs = load(paths.attacks(name), paths.purified(name), set_dir)
-        for rec in score(x_in, x_purs, ids, clean_out, restorer=name, attack=attack, eps=eps, setting=""):
-            rec["setting"] = _setting(attack, rec["defence"])
-            records.append(rec)
-    records += adaptive_records(params, name, paths, clean_out, restore, pairs, perceptual)
-    show = next((s for s in sets if s[1] == a.attacks[0].id), sets[-1]) if a.attacks else sets[-1]
-    show = max((s for s in sets if s[1] == show[1]), key=lambda s: s[2])  # the strongest level of the first set
-    ids, x_in, x_purs = load(paths.attacks(name), paths.purified(name), show[0])
-    outs = {"none": restore("none", x_in), "purify": restore("purify", x_purs[0]),
-            "purify+finetune": restore("purify+finetune", x_purs[0])}
+    for set_dir, label, eps, method in sets:
+        ids, x_in, x_purs = sc.load(paths.attacks(name), paths.purified(name), set_dir)
+        target = "finetuned" if set_dir.startswith(FINETUNED) else "base"
+        keys = {"restorer": name, "attack": label, "eps": eps}
+        defences = ("purify+finetune",) if target == "finetuned" else DEFENCES
+        for d in defences:
+            outs = [sc.restore(d, x_in, ids)] if d == "none" else [sc.restore(d, xp, ids) for xp in x_purs]
+            inputs = [x_in] if d == "none" else x_purs
+            records += sc.score(d, outs, inputs, ids, setting=setting_of(method, d, target), **keys)
+    records += adaptive_records(params, name, paths, sc)
+    return records, example_grid(params, name, paths, sc, sets)
+
+
+def example_grid(params: Params, name: str, paths: Paths, sc: Scorer, sets) -> np.ndarray:
+    """Clean input, attacked input (strongest level of the first set), purified, the three restorations, gt."""
+    a = params.attack
+    first = a.attacks[0].id if a.attacks else None
+    show = max((s for s in sets[1:] if s[0].split(".eps_")[0] == first), key=lambda s: s[2], default=sets[0])
+    ids, x_in, x_purs = sc.load(paths.attacks(name), paths.purified(name), show[0])
+    outs = {"none": sc.restore("none", x_in, ids), "purify": sc.restore("purify", x_purs[0], ids),
+            "purify+finetune": sc.restore("purify+finetune", x_purs[0], ids)}
+    p = sc.pairs(ids)
     k = min(params.evaluate.report_examples, len(ids))
-    grid = [[_img(pairs.lq[i]), _img(x_in[i]), _img(x_purs[0][i]), _img(outs["none"][i]),
-             _img(outs["purify"][i]), _img(outs["purify+finetune"][i]), _img(pairs.gt[i])] for i in range(k)]
+    grid = [[_img(p.lq[i]), _img(x_in[i]), _img(x_purs[0][i]), _img(outs["none"][i]),
+             _img(outs["purify"][i]), _img(outs["purify+finetune"][i]), _img(p.gt[i])] for i in range(k)]
     titles = ["clean input", f"attacked ({show[0]})", "purified", "restored", "purify+restore",
               "purify+fine-tuned", "ground truth"]
-    return records, image_grid(grid, titles, [f"{name}: {ids[i]}" for i in range(k)])
+    return image_grid(grid, titles, [f"{name}: {ids[i]}" for i in range(k)])
 
 
-def adaptive_records(params: Params, name: str, paths: Paths, clean_out: dict, restore, pairs,
-                     perceptual) -> list[dict]:
-    """Records of the adaptive sets: attack ``<id>@adaptive-<mode>``, scored on the defended system attacked."""
+def adaptive_records(params: Params, name: str, paths: Paths, sc: Scorer) -> list[dict]:
+    """Records of the adaptive sets: attack ``<label>@adaptive-<mode>``, scored on the defended system attacked."""
     ad, records = params.adaptive, []
     root = paths.adaptive(name)
+    label = params.attack_label(params.attack.spec(ad.attack)) if params.attack.attacks else ad.attack
     for setting in ad.settings:
         for defence in DEFENDED:
             for eps in ad.eps:
-                set_dir = adaptive_set(setting, defence, eps)
-                x_in, ids, _ = load_inputs(root / set_dir)
-                n = len(ids)
-                per_draw = [score_images(restore(defence, xp), pairs.gt[:n], clean_out[defence][:n], xp, list(ids),
-                                         perceptual=perceptual, restorer=name, attack=f"{ad.attack}@adaptive-{setting}",
-                                         eps=eps, defence=defence, setting=f"adaptive-{setting}")
-                            for xp in (load_inputs(root / "purified" / draw_dir(set_dir, k))[0]
-                                       for k in range(params.purify.seeds))]
-                records += merge_draws(per_draw)
+                ids, _, x_purs = sc.load(root, root / "purified", adaptive_set(setting, defence, eps))
+                records += sc.score(defence, [sc.restore(defence, xp, ids) for xp in x_purs], x_purs, ids,
+                                    restorer=name, attack=f"{label}@adaptive-{setting}", eps=eps,
+                                    setting=f"adaptive-{setting}")
     return records
 
 
@@ -153,16 +222,21 @@ def evaluate_pipeline(params: Params, data_dir: str, reports_dir: str) -> dict:
         save_png(out / "examples" / f"{r.name}.png", grid)
         bar.update(1)
     bar.close()
-    rows = summary_table(records)
+    rows = summary_table(records, n_boot=params.evaluate.bootstrap, seed=params.evaluate.seed)
+    got = {(r["restorer"], r["attack"], float(r["eps"]), r["defence"], r["setting"]) for r in rows}
+    if got != expected_keys(params):
+        raise UdcGuardError(f"evaluate: rows differ from the ones params ask for: {sorted(got ^ expected_keys(params))[:4]}")
     save_json(out / "metrics.json", nested(rows))
     write_csv(out / "metrics.csv", rows)
     write_csv(out / "per_image.csv", records)
-    multi = [s.id for s in params.attack.attacks if len(s.eps) > 1]  # budget curves (PGD 1, 2, 4, 8 /256)
+    multi = [params.attack_label(s) for s in params.attack.attacks if len(s.eps) > 1]  # PGD 1, 2, 4, 8 /256
     write_csv(out / "plots" / "psnr_vs_eps.csv",
               [{"restorer": r["restorer"], "attack": a, "defence": r["defence"],
                 "series": f"{r['restorer']} / {a} / {r['defence']}", "eps": r["eps"],
-                "psnr": round(r["psnr_mean"], 4), "ssim": round(r["ssim_mean"], 4)}
-               for a in multi for r in rows if r["attack"] in (a, "none")])
+                "psnr": round(r["psnr_mean"], 4), "psnr_lo": round(r["psnr_lo"], 4), "psnr_hi": round(r["psnr_hi"], 4),
+                "ssim": round(r["ssim_mean"], 4)}
+               for a in multi for r in rows
+               if r["attack"] in (a, "none") and r["setting"] in ("clean", "white-box", "gray-box")])
     return {"rows": len(rows), "images": len(records)}
 
 
@@ -181,9 +255,13 @@ def evaluate_user_pairs(params: Params, pairs_dir: str, data_dir: str, out_dir: 
         base, ft = load_restorer(paths.model(r.name), device), load_restorer(paths.finetuned(r.name), device)
         for d, net, x in (("none", base, pairs.lq), ("purify", base, x_pur), ("purify+finetune", ft, x_pur)):
             o = predict(net, x, pairs.cond, batch_size=params.evaluate.batch_size, device=device)
-            records += merge_draws([score_images(o, pairs.gt, o, x, list(pairs.ids), restorer=r.name, attack="none",
-                                                 eps=0.0, defence=d, setting="clean")])
-    rows = summary_table(records)
+            recs = merge_draws([score_images(o, pairs.gt, o, x, list(pairs.ids), restorer=r.name, attack="none",
+                                             eps=0.0, defence=d, setting="clean")])
+            records += [{**rec, "group": g} for rec, g in zip(recs, pairs.groups, strict=True)]
+    rows = summary_table(records, n_boot=params.evaluate.bootstrap, seed=params.evaluate.seed)
+    got = {(r["restorer"], r["attack"], float(r["eps"]), r["defence"], r["setting"]) for r in rows}
+    if got != expected_keys(params):
+        raise UdcGuardError(f"evaluate: rows differ from the ones params ask for: {sorted(got ^ expected_keys(params))[:4]}")
     save_json(out / "metrics.json", nested(rows))
     write_csv(out / "metrics.csv", rows)
     write_csv(out / "per_image.csv", records)

@@ -26,7 +26,8 @@ from tasks.tracking import RunLogger
 from tasks.train import _fit_with_resume
 from udcguard.config import Params
 from udcguard.io.atomic import read_json, save_json
-from udcguard.io.datasets import INPUTS_FILE, load_inputs, load_split, save_inputs
+from udcguard.io.datasets import INPUTS_FILE, TensorPairs, load_inputs, load_split, save_inputs
+from udcguard.io.subsets import stratified_subset
 from udcguard.io.purifier_store import load_purifier, save_purifier
 from udcguard.purify.diffusion import (
     Purifier,
@@ -142,12 +143,13 @@ def _purifier(params_text: str, data_dir: str, _stamp: int, _thread: int) -> Pur
 
 
 @functools.lru_cache(maxsize=2)
-def _source(source: str, max_items: int | None, _stamp: int) -> tuple[torch.Tensor, tuple[str, ...]]:
-    """(inputs, ids) of an input set folder, or of a split folder (its first ``max_items``)."""
+def _source(source: str, indices: tuple[int, ...] | None, _stamp: int) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """(inputs, ids) of an input set folder, or of a split folder (the pairs at ``indices``)."""
     if (Path(source) / INPUTS_FILE).exists():
         x, ids, _ = load_inputs(source)
         return x, ids
-    pairs = load_split(source, psf_dir=None, max_items=max_items)
+    pairs = load_split(source, psf_dir=None)
+    pairs = pairs if indices is None else pairs.subset(list(indices))
     return pairs.lq, pairs.ids
 
 
@@ -155,7 +157,8 @@ def purify_shard(ctx: dict, job: dict) -> str:
     """One shard: purify images [start, stop) of ``job["source"]`` at t*, per-image seeds -> its .pt file."""
     params = shard_params(ctx["params"])
     purifier = _purifier(ctx["params"], ctx["data_dir"], stamp(Paths(ctx["data_dir"]).purifier), threading.get_ident())
-    x, ids = _source(job["source"], job.get("max_items"), stamp(job["source"]))
+    indices = job.get("indices")
+    x, ids = _source(job["source"], None if indices is None else tuple(indices), stamp(job["source"]))
     options, out = sampler_options(params), []
     for i, j in batches(job["start"], job["stop"], params.purify.batch_size):
         seeds = image_seeds(job["seed"], list(ids[i:j]))
@@ -199,13 +202,39 @@ def purify_sets(params: Params, name: str, data_dir: str, out_dir: str) -> list[
     return _run_and_merge(params, data_dir, out, groups, f"purify {name}")
 
 
+def finetune_t_stars(params: Params, paths: Paths) -> list[int]:
+    """Strengths of the fine-tuning set: finetune.t_stars, or (auto) t_star_factors x the deployed t*.
+
+    Fine-tuning should see the purification that is deployed: with ``purify.t_star: auto`` that is
+    the select_tstar stage's choice, so the strengths follow data/tstar.json. A deployed t* of 0
+    (no purification) gives no strengths: the set is then the clean copies alone.
+    """
+    f = params.finetune
+    if f.t_stars != "auto":
+        return list(f.t_stars)
+    t, top = selected_t_star(params, paths), params.purifier.max_timestep or params.purifier.num_train_timesteps - 1
+    return sorted({min(top, max(1, round(k * t))) for k in f.t_star_factors}) if t > 0 else []
+
+
+def finetune_indices(params: Params, train: TensorPairs) -> list[int]:
+    """Train pairs of the fine-tuning set: ``finetune.train_images`` stratified across scene groups."""
+    return stratified_subset(train.groups, params.finetune.train_images, params.finetune.seed)
+
+
+STRENGTHS_FILE = "strengths.json"
+
+
 @task(name="purify-train", cache_policy=NO_CACHE)
 def purify_train_set(params: Params, data_dir: str, out_dir: str) -> list[int]:
-    """Purify the first ``finetune.train_images`` train inputs at each strength in t_stars."""
-    paths, f, p, out = Paths(data_dir), params.finetune, params.purify, Path(out_dir)
-    ids = load_split(paths.udc / "train", psf_dir=None, max_items=f.train_images).ids
+    """Purify the fine-tuning subset of the train split at each strength (``strengths.json`` lists them)."""
+    paths, p, out = Paths(data_dir), params.purify, Path(out_dir)
+    train = load_split(paths.udc / "train", psf_dir=None)
+    indices = finetune_indices(params, train)
+    ids, t_stars = [train.ids[i] for i in indices], finetune_t_stars(params, paths)
     groups = [(f"t_{t}", ids, {"t_star": t, "split": "train"},
-               _jobs(params, out, f"t_{t}", len(ids), source=str(paths.udc / "train"), max_items=f.train_images,
-                     t_star=t, seed=p.seed + t)) for t in f.t_stars]
+               _jobs(params, out, f"t_{t}", len(ids), source=str(paths.udc / "train"), indices=indices,
+                     t_star=t, seed=p.seed + t)) for t in t_stars]
     _run_and_merge(params, data_dir, out, groups, "purify train")
-    return list(f.t_stars)
+    save_json(out / STRENGTHS_FILE, {"t_stars": t_stars, "ids": ids,
+                                     "scenes": len({train.groups[i] for i in indices})})
+    return t_stars

@@ -11,6 +11,8 @@ import torch
 
 from tasks.common import Paths
 from udcguard.config import Params
+from udcguard.errors import UdcGuardError
+from udcguard.io.atomic import read_json
 from udcguard.io.checkpoints import load_state
 from udcguard.io.datasets import TensorPairs, load_inputs, load_split
 from udcguard.losses.perceptual import build_perceptual
@@ -28,11 +30,21 @@ def load_restorer(model_dir: Path, device: torch.device) -> torch.nn.Module:
 
 
 def finetune_pairs(params: Params, paths: Paths) -> TensorPairs:
-    """Purified train inputs (each strength) + clean copies, all against the clean gt."""
+    """Purified train inputs (each strength of the purify_train stage) + clean copies, against the clean gt."""
     f = params.finetune
-    base = load_split(paths.udc / "train", psf_dir=paths.psf, max_items=f.train_images)
+    made = read_json(paths.purified_train / "strengths.json", "purified train set",
+                     hint=" (run the purify_train stage)")
+    train = load_split(paths.udc / "train", psf_dir=paths.psf)
+    index = {i: k for k, i in enumerate(train.ids)}
+    missing = [i for i in made["ids"] if i not in index]
+    if missing:
+        raise UdcGuardError(f"{paths.purified_train}: ids {missing[:3]} are not in the train split (rerun purify_train)")
+    base = train.subset([index[i] for i in made["ids"]])
     mix = None
-    for t_star in f.t_stars:
+    if not made["t_stars"] and f.clean_copies == 0:
+        raise UdcGuardError("finetune: the deployed t* is 0 (no purification) and finetune.clean_copies is 0: "
+                            "the fine-tuning set would be empty")
+    for t_star in made["t_stars"]:
         x, ids, _ = load_inputs(paths.purified_train / f"t_{t_star}")
         assert list(ids) == list(base.ids), "purified train set does not match the train split"
         part = TensorPairs(lq=x, gt=base.gt, cond=base.cond, ids=base.ids)

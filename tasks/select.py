@@ -6,13 +6,13 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.attack import levels, make_attack
+from tasks.attack import build_objective, levels, make_attack
 from tasks.common import Paths, resolve_device
 from tasks.purification import deployed_purifier, guidance_of, image_seeds, sampler_options
 from tasks.train import load_restorer
-from udcguard.attacks.objectives import make_objective
 from udcguard.config import Params
 from udcguard.io.datasets import load_split
+from udcguard.io.subsets import stratified_subset
 from udcguard.purify.selection import psnr_curve, psnr_evaluator, select_t_star
 from udcguard.train.restorer import model_fn, predict
 
@@ -22,9 +22,7 @@ def _attacked(params: Params, name: str, model, pairs, paths: Paths, device: tor
     a, sel = params.attack, params.purify.selection
     spec = a.spec(sel.attack)
     eps, step = max(levels(spec), key=lambda lv: lv[0])
-    lp = params.lpips
-    objective = make_objective(spec.objective or a.objective, lpips_backbone=lp.backbone_path, lpips_lin=lp.lin_path,
-                               net=lp.net)
+    objective = build_objective(params, spec)
     gen = torch.Generator().manual_seed(a.seed + 7)
     out = []
     for i in range(0, len(pairs), a.batch_size):
@@ -46,7 +44,8 @@ def select_tstar(params: Params, data_dir: str) -> dict:
     for prm in model.parameters():
         prm.requires_grad_(False)
     purifier = deployed_purifier(params, paths, device)
-    pairs = load_split(paths.udc / "val", psf_dir=paths.psf, max_items=sel.images)
+    val = load_split(paths.udc / "val", psf_dir=paths.psf)
+    pairs = val.subset(stratified_subset(val.groups, sel.images, p.seed))  # across the val scene groups
     attacked, eps = _attacked(params, name, model, pairs, paths, device)
     seeds = image_seeds(p.seed, list(pairs.ids))
     restore = lambda x: predict(model, x, pairs.cond, batch_size=p.batch_size, device=device)
@@ -65,4 +64,5 @@ def select_tstar(params: Params, data_dir: str) -> dict:
     chosen = best if p.t_star == "auto" else params.t_star_fixed()
     return {"t_star": chosen, "selected": best, "mode": "auto" if p.t_star == "auto" else "fixed",
             "criterion": sel.criterion, "restorer": name, "attack": sel.attack, "eps": eps, "images": len(pairs),
+            "scenes": len(set(pairs.groups)),
             "guidance_scale": p.guidance.scale, "curve": curve, "guided_scale": compare, "guided_curve": guided}

@@ -71,10 +71,10 @@ def test_dispatched_pipeline_runs_stage_deployments_in_dag_order(monkeypatch) ->
     assert all(n == f"{n.split('/')[0]}/{n.split('/')[0]}" for n, _ in calls)
     assert order[0] == "synthesize" and order[-2:] == ["evaluate", "report"]
     assert sorted(order[1:4]) == ["train_purifier", "train_restorer", "train_restorer"]
-    assert order[4:6] == ["purify_train", "select_tstar"]
+    assert order[4:6] == ["select_tstar", "purify_train"]  # fine-tuning strengths follow the selected t*
     for r in ("unet", "discnet"):  # each restorer's chain keeps its order
         chain = [n.split("/")[0] for n, p in calls if p.get("restorer") == r]
-        assert chain == ["train_restorer", "attack", "purify", "finetune", "adaptive"], chain
+        assert chain == ["train_restorer", "finetune", "attack", "purify", "adaptive"], chain
     assert all(p["overrides"] == {"seed": 4} and p["data_dir"] == "d" for _, p in calls)
 
     def failed_run(name, parameters, timeout):

@@ -141,8 +141,10 @@ def test_tstar_selection_and_purification_draws(run_dir: Path) -> None:
     from udcguard.io.datasets import load_inputs
 
     info = json.loads((run_dir / "data" / "tstar.json").read_text())
-    assert info["mode"] == "fixed" and info["t_star"] == 5 and info["selected"] in (0, 3, 5)
+    assert info["mode"] == "fixed" and info["t_star"] == 5  # fixed in params: the selection is only reported
     assert [r["t"] for r in info["curve"]] == [0, 3, 5] and len(info["guided_curve"]) == 3
+    balanced = [(0.5 * (r["clean_psnr"] + r["attacked_psnr"]), -r["t"]) for r in info["curve"]]
+    assert info["selected"] == info["curve"][balanced.index(max(balanced))]["t"]  # the balanced criterion's argmax
     t0 = info["curve"][0]
     assert t0["clean_psnr"] > t0["attacked_psnr"]  # at t* = 0 the attack is undiminished
     d0, _, m0 = load_inputs(run_dir / "data" / "purified" / "unet" / "pgd_linf.eps_8")

@@ -300,7 +300,7 @@ class PurifierParams(Frozen):
 #: Keys of an attack set that the stage sets itself (never in ``options``).
 MANAGED_ATTACK_ARGS = ("model_fn", "eps", "alpha", "objective", "reference")
 #: Objectives the attack stage can build (``lpips`` needs local weights; see AttackParams).
-ATTACK_OBJECTIVES = ("mse", "l1", "ssim", "lpips", "lpips_rand")
+ATTACK_OBJECTIVES = ("mse", "l1", "ssim", "lpips", "lpips_rand", "lpips_auto")
 
 
 class AttackSpec(Frozen):
@@ -318,8 +318,8 @@ class AttackSpec(Frozen):
     step: tuple[Annotated[float, Field(gt=0.0)], ...] | None = Field(
         None, description="per level, same unit as eps; default: the attack's own rule (PGD: step = eps)"
     )
-    objective: Literal["mse", "l1", "ssim", "lpips", "lpips_rand"] | None = Field(
-        None, description="None: attack.objective"
+    objective: Literal["mse", "l1", "ssim", "lpips", "lpips_rand", "lpips_auto"] | None = Field(
+        None, description="None: attack.objective; lpips_auto: lpips when lpips.* weights are given, else lpips_rand"
     )
     reference: Literal["clean_output", "gt"] | None = Field(None, description="None: attack.reference")
     region: Literal["full", "lights"] | None = Field(None, description="None: attack.region")
@@ -374,7 +374,7 @@ class AttackParams(Frozen):
     attacks: tuple[AttackSpec, ...] = Field(
         (), description="params.yaml: a mapping id -> {attack, eps, step, objective, ..., options}"
     )
-    objective: Literal["mse", "l1", "ssim", "lpips", "lpips_rand"] = "mse"
+    objective: Literal["mse", "l1", "ssim", "lpips", "lpips_rand", "lpips_auto"] = "mse"
     reference: Literal["clean_output", "gt"] = "clean_output"
     region: Literal["full", "lights"] = Field("full", description="lights: attack only around light sources")
     region_threshold: float = Field(0.9, ge=0.0, le=1.0, description="tone-mapped luma of a light")
@@ -542,7 +542,8 @@ class AdaptiveParams(Frozen):
     eps: tuple[Annotated[float, Field(gt=0.0)], ...] = Field((8.0,), description="levels, the attack's units")
     eot_samples: int = Field(4, ge=1, le=1024)
     ddim_steps: int = Field(5, ge=1, le=1000, description="length of the differentiable DDIM chain (full)")
-    max_images: int | None = Field(8, ge=1)
+    max_images: int | None = Field(8, ge=1, description="images attacked adaptively: stratified across scene groups")
+    seed: int = Field(0, ge=0, description="seed of the adaptive subset and of the attacks' randomness")
 
 
 class DistributedParams(Frozen):
@@ -580,10 +581,15 @@ class FinetuneParams(Frozen):
     crop_px: int = Field(64, ge=8, le=4096)
     lr: float = Field(5e-5, gt=0.0, le=1.0)
     lr_min: float = Field(1e-6, ge=0.0, le=1.0)
-    t_stars: tuple[Annotated[int, Field(ge=1, le=10_000)], ...] = Field(
-        (50, 100), description="purification strengths of the fine-tuning set (the paper: 50-100 steps)"
+    t_stars: tuple[Annotated[int, Field(ge=1, le=10_000)], ...] | Literal["auto"] = Field(
+        "auto", description="purification strengths of the fine-tuning set (the paper: 50-100 steps); auto: "
+        "t_star_factors x the deployed t* (the select_tstar stage's choice when purify.t_star is auto)"
     )
-    train_images: int | None = Field(64, ge=1, description="train pairs purified for fine-tuning")
+    t_star_factors: tuple[Annotated[float, Field(gt=0.0, le=4.0)], ...] = Field(
+        (0.5, 1.0), min_length=1, description="with t_stars auto: strengths as multiples of the deployed t*"
+    )
+    train_images: int | None = Field(64, ge=1, description="train pairs purified for fine-tuning (stratified "
+                                      "across scene groups, seeded by finetune.seed)")
     clean_copies: int = Field(1, ge=0, le=16, description="clean inputs mixed in, per purified copy set")
     perceptual_weight: float = Field(0.0, ge=0.0, le=100.0)
     perceptual_weights_path: Path | None = Field(None, description="local VGG-19 weights; none: term off")
@@ -596,11 +602,13 @@ class FinetuneParams(Frozen):
 
 
 class EvaluateParams(Frozen):
-    split: Literal["train", "val", "test"] = "test"
-    max_images: int | None = Field(None, ge=1)
+    """Scoring: the evaluated images are the attack stage's (attack.split and its subsets)."""
+
     batch_size: int = Field(8, ge=1, le=4096)
     device: Device = "auto"
     report_examples: int = Field(3, ge=1, le=32)
+    bootstrap: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples (scenes, then images) per cell")
+    seed: int = Field(0, ge=0)
 
 
 class TrackingParams(Frozen):
@@ -674,6 +682,20 @@ class Params(Frozen):
             return round(t * (self.purifier.num_train_timesteps - 1))
         return int(t)
 
+    def objective_of(self, spec: AttackSpec) -> str:
+        """The objective an attack set really uses: its own or attack.objective; lpips_auto resolved."""
+        name = spec.objective or self.attack.objective
+        if name == "lpips_auto":
+            return "lpips" if self.lpips.available else "lpips_rand"
+        return name
+
+    def attack_label(self, spec: AttackSpec) -> str:
+        """How rows name an attack set: its id, plus the objective it really used when that is not the
+        matrix's default (e.g. ``lpips_pgd[lpips_rand]``)."""
+        name = self.objective_of(spec)
+        default = self.attack.objective if self.attack.objective != "lpips_auto" else None
+        return spec.id if name == default else f"{spec.id}[{name}]"
+
     def restorer(self, name: str) -> RestorerParams:
         """The restorer called ``name``; ConfigError listing the configured ones otherwise."""
         for r in self.restorers:
@@ -687,6 +709,10 @@ class Params(Frozen):
         if len(set(names)) != len(names):
             raise ValueError("restorers: names must be unique")
         for a in self.attack.attacks:
+            if a.attack == "transfer" and len(names) < 2:
+                raise ValueError(f"attack.attacks.{a.id}: a transfer attack needs a surrogate restorer other than "
+                                 f"the target, and only {len(names)} restorer is configured (add one to restorers, "
+                                 "or drop this attack set)")
             if (a.objective or self.attack.objective) == "lpips" and not self.lpips.available:
                 raise ValueError(f"attack.attacks.{a.id}: objective lpips needs lpips.backbone_path and "
                                  "lpips.lin_path (local files; nothing is downloaded); without them use lpips_rand")
@@ -710,7 +736,8 @@ class Params(Frozen):
         fixed = [self.t_star_fixed()] if self.purify.t_star != "auto" else []
         checks = [("purify.t_star", t) for t in fixed] + [("purify.selection.candidates", t)
                                                         for t in self.purify.selection.candidates]
-        for where, t in checks + [("finetune.t_stars", t) for t in self.finetune.t_stars]:
+        ft = self.finetune.t_stars if self.finetune.t_stars != "auto" else ()
+        for where, t in checks + [("finetune.t_stars", t) for t in ft]:
             if t > top:
                 raise ValueError(f"{where}={t} exceeds the purifier's trained range (t <= {top}: purifier.max_timestep "
                                  "/ num_train_timesteps)")

@@ -332,8 +332,14 @@ def test_validation(purifier, restorer, kwargs, match) -> None:
     assert isinstance(e.value, ValueError)
 
 
-def test_bpda_ignores_ddim_steps_above_t_star(purifier, restorer) -> None:
-    DefendedModel(restorer, purifier, t_star=3, mode="bpda", ddim_steps=5)  # DDPM forward: unused
+def test_bpda_ignores_ddim_steps_above_t_star(purifier, restorer, x) -> None:
+    """ddim_steps > t* is accepted for BPDA (its DDPM forward does not use it): same output as without it."""
+    with torch.no_grad():
+        long = DefendedModel(restorer, purifier, t_star=3, mode="bpda", ddim_steps=5, seed=2)(x)
+        ref = restorer(purifier.purify(x, t_star=3, generator=torch.Generator().manual_seed(2)))
+    assert torch.equal(long, ref)
+    with pytest.raises(AttackArgumentError):  # the full-gradient chain does use it: refused there
+        DefendedModel(restorer, purifier, t_star=3, mode="full", ddim_steps=5)
 
 
 def test_defended_model_from_params(purifier, restorer, x) -> None:
