@@ -16,9 +16,8 @@ from udcguard.attacks import ATTACKS
 from udcguard.config import Params
 from udcguard.evaluation import PERCEPTUAL
 from udcguard.io.atomic import write_bytes
-from udcguard.metrics.summary import summarize_ci
-from udcguard.report import cell as table_cell
-from udcguard.report import headline, image, image_sets, mixed_note, render, row_key, set_legend, share, table
+from udcguard.metrics.summary import summarize, summarize_ci
+from udcguard.report import cell, headline, image, image_sets, mixed_note, render, row_key, set_legend, share, table
 from udcguard.viz import line_plot
 
 
@@ -99,11 +98,12 @@ def matrix(rows: list[dict], sets: dict | None = None) -> tuple[list[dict], list
         first = None
         for r in rows:
             if (r["restorer"], r["attack"], r["eps"]) == (restorer, attack, eps):
-                txt = table_cell(r, "psnr_mean")
+                txt = cell(r, "psnr_mean")
                 label = sets.get(row_key(r)) if sets else None
                 first = first or label
                 row[r["defence"]] = txt + (f" (set {label})" if label and label != first else "")
-                row["images"] = f"{r['n_images']} / {r['n_scenes']}" if "images" not in row else row["images"]
+                if "images" not in row:
+                    row["images"] = f"{r['n_images']} / {r['n_scenes']}" + (f" (set {label})" if label else "")
         out.append(row)
     return out, ["restorer", "attack", "eps", *[d for d in defences if any(d in x for x in out)], "images"]
 
@@ -189,7 +189,12 @@ def attack_costs(params: Params, paths: Paths, groups: dict | None = None) -> tu
         recs += [{**x, "restorer": r.name, **({"group": groups[x["id"]]} if groups and x["id"] in groups else {})}
                  for x in (json.loads(f.read_text()) if f.exists() else [])]
     metrics = ["objective", "linf", "l2", "queries", "grads", "seconds"]
-    rows = summarize_ci(recs, by=["restorer", "attack", "eps"], metrics=metrics, n_boot=1000) if recs else []
+    try:
+        rows = summarize_ci(recs, by=["restorer", "attack", "eps"], metrics=metrics, n_boot=1000) if recs else []
+    except ValueError:  # an image twice in one (restorer, attack, eps): plain means, no interval
+        rows = summarize(recs, by=["restorer", "attack", "eps"], metrics=metrics)
+        for r in rows:
+            r["n_images"], r["n_scenes"] = r.pop("count"), None
     return rows, ["restorer", "attack", "eps", *[f"{m}_mean" for m in metrics], "n_images", "n_scenes"]
 
 
@@ -202,7 +207,10 @@ def write_report(params: Params, data_dir: str, reports_dir: str) -> str:
     groups = {r["id"]: r["group"] for r in per_image or [] if r.get("group") is not None}
     sections = results_sections(rows, per_image, eps_text(params), params.purify.seeds)
     sections[3:3] = [("Purification strength t*", tstar_section(paths))]
-    sections.append(("Attack cost (mean [95 % interval] per image)", table(*attack_costs(params, paths, groups))))
+    costs, cost_cols = attack_costs(params, paths, groups)
+    mixed = len({(r["n_images"], r["n_scenes"]) for r in costs}) > 1
+    note = "<p class='warn'>Attacks ran on different numbers of images (n_images, n_scenes).</p>" if mixed else ""
+    sections.append(("Attack cost (mean [95 % interval] per image)", note + table(costs, cost_cols)))
     multi = [s.id for s in params.attack.attacks if len(s.eps) > 1]
     for r in params.restorers:
         mine = [x for x in rows if x["restorer"] == r.name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
@@ -113,7 +114,13 @@ def test_write_report_on_fake_dirs(written: Path, tmp_path: Path) -> None:
     for d in ("udc", "psf"):
         (data / d).mkdir(parents=True)
         (data / d / "preview.png").write_bytes(buf.getvalue())
+    (data / "attacks" / names[0]).mkdir(parents=True)
+    costs = [{"id": i, "attack": "pgd_linf", "eps": 8.0, "objective": 0.01, "linf": 8 / 256, "l2": 1.5,
+              "queries": 20, "grads": 20, "seconds": 0.5} for i in IDS]
+    (data / "attacks" / names[0] / "records.json").write_text(json.dumps(costs))
     html = Path(write_report.fn(params, str(data), str(reports))).read_text()
     assert html.index("Recovery share") < html.index("Attack matrix") < html.index("Purification strength t*")
     assert "Attack cost" in html and "Training curves" in html and all(n in html for n in names)
     assert "Purification + fine-tuning wins back" in html
+    cost = html[html.index("Attack cost"):]
+    assert "<td>20.00 [20.00, 20.00]</td>" in cost and "<td>12</td><td>4</td>" in cost  # queries; images, scenes

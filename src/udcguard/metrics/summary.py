@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from udcguard.metrics.bootstrap import LEVEL, N_BOOT, group_codes, percentile_interval, replicate_means, resample_weights
+from udcguard.metrics.bootstrap import (
+    LEVEL,
+    N_BOOT,
+    group_codes,
+    percentile_interval,
+    replicate_means,
+    resample_weights,
+)
 
 #: +inf metric values (PSNR of identical images) are replaced by this before averaging.
 PSNR_CAP_DB = 100.0
