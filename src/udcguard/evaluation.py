@@ -5,17 +5,23 @@ Scores are computed in the tone-mapped domain between the restored output (clamp
 weights, else the random-feature ``lpips_rand``, reported under that name); and the
 deviation PSNR between the output on the attacked input and the output on the clean input
 (how far the attack moved the restorer, whatever the ground truth).
+
+Every mean carries a 95 % two-level bootstrap interval (scene groups, then images) and its image and scene counts;
+the headline recovery share is computed on the images common to the clean, attacked and defended rows.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
+from udcguard.metrics.bootstrap import N_BOOT, bootstrap_ci, group_codes, resample_weights
 from udcguard.metrics.image import psnr, ssim
-from udcguard.metrics.summary import summarize
+from udcguard.metrics.summary import summarize_ci
 
 KEYS = ["restorer", "attack", "eps", "defence", "setting"]
 METRICS = ["psnr", "ssim", "dev_psnr", "input_psnr", "psnr_worst", "ssim_worst"]
@@ -81,19 +87,132 @@ def metric_names(records: list[dict[str, Any]]) -> list[str]:
     return METRICS + [x for m in PERCEPTUAL if m in present for x in (m, f"{m}_worst")]
 
 
-def summary_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Long-format table: one row per (restorer, attack, eps, defence) with mean metrics."""
-    rows = summarize(records, by=KEYS, metrics=metric_names(records))
-    return sorted(rows, key=lambda r: (r["restorer"], r["attack"], float(r["eps"]), r["defence"]))
+def base_attack(attack: str) -> str:
+    """The attack id an attack row derives from: ``"pgd_linf@adaptive-eot"`` -> ``"pgd_linf"``."""
+    return attack.split("@", 1)[0]
+
+
+def summary_table(records: list[dict[str, Any]], *, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, Any]]:
+    """Long-format table: one row per (restorer, attack, eps, defence, setting), with intervals and recovery.
+
+    Columns: the KEYS; ``n_images``, ``n_scenes`` (ints); for each metric m of :func:`metric_names` ``<m>_mean``,
+    ``<m>_lo``, ``<m>_hi`` (95 % two-level bootstrap interval: scenes, then images), ``<m>_std``, ``<m>_min``,
+    ``<m>_max``; then the :data:`RECOVERY` columns, None where the row is not a defended, attacked row (or its
+    reference rows are missing). Deterministic for a given seed.
+    """
+    rows = summarize_ci(records, KEYS, metric_names(records), n_boot=n_boot, seed=seed)
+    rec = {tuple(r[k] for k in KEYS): r for r in recovery_table(records, n_boot=n_boot, seed=seed)}
+    for r in rows:
+        hit = rec.get(tuple(r[k] for k in KEYS), {})
+        r.update({c: hit.get(c) for c in RECOVERY})
+    return sorted(rows, key=lambda r: (r["restorer"], r["attack"], float(r["eps"]), r["defence"], r["setting"]))
+
+
+#: Recovery columns merged into the summary rows (see :func:`recovery_table`).
+RECOVERY = ["recovery", "recovery_lo", "recovery_hi", "recovery_n_images", "recovery_n_scenes", "clean_psnr",
+            "attacked_psnr", "defended_psnr", "recovery_note"]
+#: Below this clean - attacked PSNR gap (dB, on the matched images) the recovery share is not reported.
+MIN_GAP_DB = 0.1
+
+
+def _defended(r: dict[str, Any]) -> bool:
+    return r["defence"] != "none" and r["setting"] != "clean"
+
+
+def recovery_table(records: list[dict[str, Any]], *, n_boot: int = N_BOOT, seed: int = 0,
+                   min_gap_db: float = MIN_GAP_DB) -> list[dict[str, Any]]:
+    """The headline figure: recovery share of PSNR, one row per defended (restorer, attack, eps, defence, setting).
+
+    ``recovery = (defended - attacked) / (clean - attacked)`` with ``clean`` the restorer's undefended clean row
+    (attack "none", defence "none", setting "clean"), ``attacked`` its undefended row under the same base attack
+    (the id before "@") and eps (the "white-box" one; else the one other undefended setting there is, e.g.
+    "transfer"), ``defended`` the row itself. Computed on MATCHED images only (ids present in all three rows), as
+    a ratio of means, with a two-level bootstrap of the paired per-image triples (scenes, then images) for the 95 %
+    interval. Columns: the KEYS and :data:`RECOVERY`; ``recovery_note`` says why a share is missing (NaN) when the
+    matched clean - attacked gap is below ``min_gap_db`` or a reference row is absent ("" otherwise).
+    """
+    cells: dict[tuple[Any, ...], dict[Any, dict[str, Any]]] = {}
+    for r in records:
+        cells.setdefault(tuple(r[k] for k in KEYS), {})[r["id"]] = r
+    undefended: dict[tuple[Any, ...], dict[str, tuple[Any, ...]]] = {}
+    for key in cells:
+        row = dict(zip(KEYS, key, strict=True))
+        if row["defence"] == "none" and row["setting"] != "clean":
+            undefended.setdefault((row["restorer"], base_attack(row["attack"]), float(row["eps"])), {})[
+                row["setting"]] = key
+    cache: dict[tuple[int, ...], np.ndarray] = {}
+    out = []
+    for key, defended in cells.items():
+        row = dict(zip(KEYS, key, strict=True))
+        if not _defended(row):
+            continue
+        clean = cells.get((row["restorer"], "none", 0.0, "none", "clean"))
+        if clean is None:
+            clean = next((v for k, v in cells.items() if k[0] == row["restorer"] and k[3:] == ("none", "clean")), None)
+        refs = undefended.get((row["restorer"], base_attack(row["attack"]), float(row["eps"])), {})
+        ref = refs.get("white-box") or (next(iter(refs.values())) if len(refs) == 1 else None)
+        attacked = cells.get(ref) if ref is not None else None
+        res: dict[str, Any] = {**row, **dict.fromkeys(RECOVERY), "recovery_note": ""}
+        if clean is None or attacked is None:
+            res["recovery_note"] = "no undefended clean row" if clean is None else "no undefended attacked row"
+            out.append(res)
+            continue
+        ids = sorted(set(clean) & set(attacked) & set(defended),
+                     key=lambda i: (str(defended[i].get("group", ("id", i))), str(i)))
+        if not ids:
+            res["recovery_note"] = "no image in common with the reference rows"
+            out.append(res)
+            continue
+        v = np.asarray([[clean[i]["psnr"], attacked[i]["psnr"], defended[i]["psnr"]] for i in ids], dtype=np.float64)
+        v = np.minimum(v, PSNR_CAP)  # (n, 3): clean, attacked, defended
+        codes = group_codes([defended[i].get("group", ("id", i)) for i in ids])
+        sizes = tuple(np.bincount(codes).tolist())
+        if sizes not in cache:
+            cache[sizes] = resample_weights(codes, n_boot, np.random.default_rng(seed))
+        m = v.mean(axis=0)
+        res.update(recovery_n_images=len(ids), recovery_n_scenes=len(sizes), clean_psnr=float(m[0]),
+                   attacked_psnr=float(m[1]), defended_psnr=float(m[2]))
+        if m[0] - m[1] < min_gap_db:
+            res.update(recovery=math.nan, recovery_lo=math.nan, recovery_hi=math.nan,
+                       recovery_note=f"the attack costs {m[0] - m[1]:.2f} dB < {min_gap_db:g} dB: share undefined")
+        else:
+            est, lo, hi = bootstrap_ci(v, ids, stat=_share, weights=cache[sizes])
+            res.update(recovery=est, recovery_lo=lo, recovery_hi=hi)
+        out.append(res)
+    return sorted(out, key=lambda r: (r["restorer"], r["attack"], float(r["eps"]), r["defence"], r["setting"]))
+
+
+def _share(means: np.ndarray) -> np.ndarray:
+    """(..., 3) means of (clean, attacked, defended) -> recovery share (...,); NaN where the gap is not positive."""
+    gap = means[..., 0] - means[..., 1]
+    return np.where(gap > 0, (means[..., 2] - means[..., 1]) / np.where(gap > 0, gap, 1.0), np.nan)
+
+
+#: Metrics with their interval in metrics.json; the others carry their mean only.
+NESTED_CI = ["psnr", "ssim"]
 
 
 def nested(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The table keyed restorer -> attack -> eps -> defence -> metric (DVC metrics form)."""
+    """The table keyed restorer -> attack -> eps -> defence -> metric (DVC metrics form).
+
+    Each leaf: every metric's mean under its name, ``<m>_lo`` / ``<m>_hi`` for :data:`NESTED_CI`, ``n_images``,
+    ``n_scenes``, and ``recovery``, ``recovery_lo``, ``recovery_hi`` where the row has a share. A defence that
+    appears under two settings of one attack is keyed ``<defence>/<setting>`` the second time.
+    """
     out: dict[str, Any] = {}
     for r in rows:
-        node = out.setdefault(r["restorer"], {}).setdefault(r["attack"], {})
-        leaf = node.setdefault(f"eps_{r['eps']:g}", {}).setdefault(r["defence"], {})
+        node = out.setdefault(r["restorer"], {}).setdefault(r["attack"], {}).setdefault(f"eps_{float(r['eps']):g}", {})
+        name = r["defence"] if r["defence"] not in node else f"{r['defence']}/{r['setting']}"
+        leaf = node.setdefault(name, {})
         for m in METRICS + PERCEPTUAL + [f"{m}_worst" for m in PERCEPTUAL]:
             if f"{m}_mean" in r:
                 leaf[m] = round(float(r[f"{m}_mean"]), 4)
+                if m in NESTED_CI and f"{m}_lo" in r:
+                    leaf[f"{m}_lo"], leaf[f"{m}_hi"] = round(float(r[f"{m}_lo"]), 4), round(float(r[f"{m}_hi"]), 4)
+        for c in ("n_images", "n_scenes"):
+            if c in r:
+                leaf[c] = int(r[c])
+        if r.get("recovery") is not None and math.isfinite(r["recovery"]):
+            for c in ("recovery", "recovery_lo", "recovery_hi"):
+                leaf[c] = round(float(r[c]), 4)
     return out
