@@ -56,8 +56,9 @@ def set_name(attack_id: str, eps: float, target: str = "base") -> str:
 
 
 def targets(spec: AttackSpec) -> tuple[str, ...]:
-    """The restorers an attack set is crafted on: transfer sets only once (on the surrogate)."""
-    return ("base",) if spec.attack == "transfer" else ("base", "finetuned")
+    """The restorers an attack set is crafted on: transfer sets only once (on the surrogate), and sets
+    with ``finetuned: false`` only on the base restorer (a CPU budget for costly attacks)."""
+    return ("base",) if spec.attack == "transfer" or not spec.finetuned else ("base", "finetuned")
 
 
 def subset_indices(params: Params, pairs: TensorPairs, max_images: int | None) -> list[int]:

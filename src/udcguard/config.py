@@ -323,7 +323,10 @@ class AttackSpec(Frozen):
     )
     reference: Literal["clean_output", "gt"] | None = Field(None, description="None: attack.reference")
     region: Literal["full", "lights"] | None = Field(None, description="None: attack.region")
-    max_images: int | None = Field(None, ge=1, description="first N images only (costly attacks); None: attack.max_images")
+    max_images: int | None = Field(None, ge=1, description="a subset of N images, stratified across scene groups "
+                                   "(costly attacks); None: attack.max_images")
+    finetuned: bool = Field(True, description="also craft the set on the fine-tuned restorer (the gray-box rows of "
+                            "purify+finetune); false: that defence is scored on the base restorer's set, as transfer")
     options: dict[str, Any] = Field(default_factory=dict, description="other constructor arguments of the attack")
 
     @model_validator(mode="after")
