@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "src"))
 PARAMS = {
     "seed": 0,
     "psf": {"kernel_size": 15, "code_dim": 3, "displays": [{"name": "toled", "layout": "toled"}]},
-    "scenes": {"photos": True, "panoramas": "off", "max_side_px": 128},
+    "scenes": {"photos": True, "wallpapers": "off", "panoramas": "off", "max_side_px": 128},
     "dataset": {"crop_px": 64, "train": {"scene_fraction": 0.6, "pairs_per_scene": 8},
                 "val": {"scene_fraction": 0.2, "pairs_per_scene": 1},
                 "test": {"scene_fraction": 0.2, "pairs_per_scene": 1}},

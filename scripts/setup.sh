@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3.11}
-APT_PACKAGES="git blender-data"   # blender-data: eight CC0 HDRI Haven panoramas (EXR)
+APT_PACKAGES="git blender-data mate-backgrounds"   # blender-data: eight CC0 HDRI Haven panoramas (EXR);
+                                                # mate-backgrounds: twelve nature photographs (JPEG)
 
 if command -v apt-get >/dev/null 2>&1 && [ "${UDCGUARD_SKIP_APT:-0}" != 1 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -16,7 +17,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "${UDCGUARD_SKIP_APT:-0}" != 1 ]; the
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get install -y --no-install-recommends $missing >/dev/null \
       || { $SUDO apt-get update -qq && $SUDO apt-get install -y --no-install-recommends $missing >/dev/null; } \
-      || echo "setup: warning: could not install$missing (panoramas will be skipped: scenes.panoramas=auto)"
+      || echo "setup: warning: could not install$missing (their scenes will be skipped: scenes.panoramas/wallpapers=auto)"
   fi
 fi
 

@@ -47,7 +47,7 @@ def finetune_pairs(params: Params, paths: Paths) -> TensorPairs:
     for t_star in made["t_stars"]:
         x, ids, _ = load_inputs(paths.purified_train / f"t_{t_star}")
         assert list(ids) == list(base.ids), "purified train set does not match the train split"
-        part = TensorPairs(lq=x, gt=base.gt, cond=base.cond, ids=base.ids)
+        part = TensorPairs(lq=x, gt=base.gt, cond=base.cond, ids=base.ids, groups=base.groups)
         mix = part if mix is None else mix.concat(part)
     for _ in range(f.clean_copies):
         mix = base if mix is None else mix.concat(base)

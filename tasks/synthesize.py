@@ -47,7 +47,7 @@ def write_psf_bank(params: Params, out_dir: str, base_dir: str = ".") -> list[st
 
 @task(name="split-scenes", cache_policy=NO_CACHE)
 def assign_splits(params: Params, base_dir: str = ".") -> dict[str, list[str]]:
-    """Scene names per split (disjoint), deterministic in the seed.
+    """Scene names per split (disjoint, scene groups kept whole), deterministic in the seed.
 
     Every scene is decoded once here, so that a corrupt or unsupported file stops the stage
     before any output is written.
@@ -57,7 +57,8 @@ def assign_splits(params: Params, base_dir: str = ".") -> dict[str, list[str]]:
         check_scene(source, params.scenes, params.dataset.crop_px)
     d = params.dataset
     fractions = {s: getattr(d, s).scene_fraction for s in ("train", "val", "test")}
-    return split_scenes(sorted(sources), fractions, params.seed)
+    groups = {name: s.group for name, s in sources.items()}
+    return split_scenes(sorted(sources), fractions, params.seed, groups)
 
 
 @task(name="synthesize-split", cache_policy=NO_CACHE)
@@ -82,7 +83,8 @@ def synthesize_split(params: Params, split: str, scenes: list[str], psf_dir: str
     pairs = [json.loads((out / "records" / f"{p.id}.json").read_text()) for p in plans]
     save_json(out / "manifest.json", {"version": MANIFEST_VERSION, "split": split, "seed": params.seed,
                                       "dtype": params.dataset.dtype, "crop_px": params.dataset.crop_px,
-                                      "scenes": sorted(scenes), "pairs": pairs})
+                                      "scenes": sorted(scenes), "groups": sorted({sources[s].group for s in scenes}),
+                                      "pairs": pairs})
     load_manifest(out / "manifest.json")  # validates what was written
     return str(out / "manifest.json")
 

@@ -34,7 +34,7 @@ TINY: dict = {
             {"name": "poled", "layout": "poled", "opaque_transmission": 0.7},
         ],
     },
-    "scenes": {"photos": True, "panoramas": "off", "max_side_px": 96},
+    "scenes": {"photos": True, "wallpapers": "off", "panoramas": "off", "max_side_px": 96},
     "dataset": {
         "crop_px": 32,
         "train": {"scene_fraction": 0.6, "pairs_per_scene": 2},

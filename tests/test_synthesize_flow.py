@@ -57,10 +57,16 @@ def test_psf_bank_contract(made: Path) -> None:
 
 
 def test_pairs_contract(made: Path) -> None:
-    scenes = {}
+    scenes, groups = {}, {}
     for split in SPLITS:
         m = load_manifest(made / "udc" / split / "manifest.json")
         scenes[split] = {p.scene for p in m.pairs}
+        groups[split] = set(m.groups)
+        raw = json.loads((made / "udc" / split / "manifest.json").read_text())
+        assert raw["groups"] == sorted({p["group"] for p in raw["pairs"]})  # written, not a fallback
+        for rec in m.pairs:
+            motorcycle = rec.scene.startswith("photo:motorcycle_")
+            assert rec.group == ("photo:motorcycle" if motorcycle else rec.scene)
         assert m.crop_px == 32 and m.split == split and len(m.pairs) >= 1
         for rec in m.pairs:
             for key in ("gt", "lq"):
@@ -72,6 +78,7 @@ def test_pairs_contract(made: Path) -> None:
             assert not np.array_equal(gt, lq)
     assert not (scenes["train"] & scenes["val"]) and not (scenes["train"] & scenes["test"])
     assert not (scenes["val"] & scenes["test"])
+    assert sum(map(len, groups.values())) == len(set().union(*groups.values()))  # no group in two splits
     assert Image.open(made / "udc" / "preview.png").size[0] > 300
     assert not staging_dir(made / "udc").exists() and not staging_dir(made / "psf").exists()
 

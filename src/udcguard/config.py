@@ -183,6 +183,9 @@ class LightParams(Frozen):
 
 class SceneParams(Frozen):
     photos: bool = Field(True, description="photographs shipped inside installed packages")
+    wallpapers: Literal["auto", "required", "off"] = Field(
+        "auto", description="camera photographs among Debian's mate-backgrounds wallpapers")
+    wallpaper_dir: Path = Path("/usr/share/backgrounds")
     panoramas: Literal["auto", "required", "off"] = "auto"
     panorama_dir: Path = Path("/usr/share/blender/datafiles/studiolights/world")
     views_per_panorama: int = Field(4, ge=1, le=256)
@@ -196,8 +199,8 @@ class SceneParams(Frozen):
 
     @model_validator(mode="after")
     def _some_source(self) -> SceneParams:
-        if not self.photos and self.panoramas == "off" and self.folder is None:
-            raise ValueError("no scene source: enable photos, panoramas or give a folder")
+        if not self.photos and self.wallpapers == "off" and self.panoramas == "off" and self.folder is None:
+            raise ValueError("no scene source: enable photos, wallpapers, panoramas or give a folder")
         return self
 
 

@@ -1,4 +1,4 @@
-"""Scene sources (packaged photos, panoramas, folders), scene preparation and splits."""
+"""Scene sources (packaged photos, wallpapers, panoramas, folders), scene preparation and splits."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from udcguard.degradation.hdr import luminance
 from udcguard.degradation.scenes import panorama_views, prepare_scene, split_scenes
 from udcguard.errors import ImageError
 from udcguard.io.images import Image
-from udcguard.io.sources import SceneSource, folder_scenes, packaged_photos, panoramas
+from udcguard.io.sources import _WALLPAPERS, SceneSource, folder_scenes, packaged_photos, panoramas, wallpapers
 
 BLENDER_WORLDS = Path("/usr/share/blender/datafiles/studiolights/world")
+BACKGROUNDS = Path("/usr/share/backgrounds")
 HIGHLIGHTS = {"threshold": 0.8, "alpha_min": 10.0, "alpha_max": 500.0}
 LIGHTS = {"max_count": 4, "radius_px": (1.0, 6.0), "intensity": (10.0, 500.0)}
 
@@ -39,6 +40,37 @@ def test_packaged_photos_load_offline_from_site_packages() -> None:
         assert img.pixels.std(axis=-1).mean() > 0.01  # colour, not grey stored as RGB
         assert Path(img.source).resolve().is_relative_to(site), img.source
     assert pickle.loads(pickle.dumps(sources[0])).load().pixels.shape == sources[0].load().pixels.shape
+
+
+def test_scene_groups_default_to_the_name_and_join_stereo_pairs() -> None:
+    groups = {s.name: s.group for s in packaged_photos()}
+    assert groups["photo:motorcycle_left"] == groups["photo:motorcycle_right"] == "photo:motorcycle"
+    assert groups["photo:astronaut"] == "photo:astronaut"
+    assert SceneSource("x", "folder", lambda: None).group == "x"
+    assert SceneSource("x", "folder", lambda: None, "g").group == "g"
+
+
+def test_wallpapers_list_only_existing_files(tmp_path: Path) -> None:
+    assert wallpapers(tmp_path / "nope") == []
+    for stem in ("Storm", "Aqua"):
+        rel = dict(_WALLPAPERS)[stem]
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / rel)
+    (tmp_path / "mate" / "nature" / "Unlisted.jpg").write_bytes(b"")  # not curated: ignored
+    sources = wallpapers(tmp_path)
+    assert [s.name for s in sources] == ["wall:Aqua", "wall:Storm"]
+    assert all(s.kind == "wallpaper" and s.group == s.name for s in sources)
+    assert sources[1].load().source == str(tmp_path / "mate/nature/Storm.jpg")
+
+
+@pytest.mark.skipif(not (BACKGROUNDS / "mate").is_dir(), reason="mate-backgrounds not installed")
+def test_installed_wallpapers_are_colour_photographs() -> None:
+    sources = wallpapers(BACKGROUNDS)
+    assert len(sources) == len(_WALLPAPERS) == 12
+    for s in sources:
+        img = s.load()
+        assert not img.linear and min(img.pixels.shape[:2]) >= 1000
+        assert img.pixels.std(axis=-1).mean() > 0.01 and img.pixels.std() > 0.05
 
 
 @pytest.mark.skipif(not BLENDER_WORLDS.is_dir(), reason="blender-data panoramas not installed")
@@ -139,6 +171,34 @@ def test_panorama_views_deterministic_and_in_range() -> None:
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
+@pytest.mark.parametrize("seed", range(25))
+def test_split_scenes_never_splits_a_group(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    names = [f"s{i:02d}" for i in range(int(rng.integers(6, 30)))]
+    groups = {n: f"g{int(rng.integers(0, len(names) // 2 + 1))}" for n in names}
+    n_groups = len(set(groups.values()))
+    if n_groups < 3:
+        pytest.skip("too few groups drawn")
+    splits = split_scenes(names, FRACTIONS, seed=seed, groups=groups)
+    assert sorted(s for part in splits.values() for s in part) == names
+    owner = {}
+    for split, part in splits.items():
+        for n in part:
+            assert owner.setdefault(groups[n], split) == split, f"group {groups[n]} in {owner[groups[n]]} and {split}"
+    counts = [len({groups[n] for n in splits[k]}) for k in FRACTIONS]
+    assert sum(counts) == n_groups and min(counts) >= 1  # fractions count groups
+
+
+def test_split_scenes_counts_groups_and_keeps_ungrouped_names() -> None:
+    names = [f"s{i:03d}" for i in range(20)]
+    pairs = {n: f"pair{i // 2}" for i, n in enumerate(names)}  # 10 groups of two
+    splits = split_scenes(names, FRACTIONS, seed=1, groups=pairs)
+    assert [len(splits[k]) for k in FRACTIONS] == [14, 4, 2]  # 7 / 1.5 / 1.5 groups -> 7, 2, 1
+    assert split_scenes(names, FRACTIONS, seed=1, groups={}) == split_scenes(names, FRACTIONS, seed=1)
+    with pytest.raises(ValueError, match=r"found 2 scene group\(s\) in 4 scene\(s\); at least 3"):
+        split_scenes(names[:4], FRACTIONS, seed=0, groups=pairs)
+
+
 @pytest.mark.parametrize("n", [3, 4, 7, 10, 18, 100])
 def test_split_scenes_disjoint_covering_nonempty(n: int) -> None:
     names = [f"scene{i:03d}" for i in range(n)]
@@ -160,7 +220,7 @@ def test_split_scenes_deterministic_and_order_independent() -> None:
 
 
 def test_split_scenes_needs_three_scenes() -> None:
-    with pytest.raises(ValueError, match="found 2 scene.*at least 3"):
+    with pytest.raises(ValueError, match=r"found 2 scene group\(s\) in 2 scene\(s\); at least 3"):
         split_scenes(["a", "b"], FRACTIONS, seed=0)
     with pytest.raises(ValueError, match="duplicate"):
         split_scenes(["a", "b", "a"], FRACTIONS, seed=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,8 @@ def make_split(root: Path, n: int = 3, size: int = 12) -> tuple[Path, Path, list
         gt = (rng.random((size, size, 3)) * 5).astype(np.float32)
         lq = (gt * 0.5 + rng.random((size, size, 3))).astype(np.float32)
         sha = {"gt": save_npy(split / "gt" / f"{pid}.npy", gt), "lq": save_npy(split / "lq" / f"{pid}.npy", lq)}
-        pairs.append({"id": pid, "gt": f"gt/{pid}.npy", "lq": f"lq/{pid}.npy", "scene": "photo:x",
-                      "psf": PSFS[(n - 1 - i) % len(PSFS)], "crop": [0, 0, size, size], "seed": [0, i], "sha256": sha})
+        pairs.append({"id": pid, "gt": f"gt/{pid}.npy", "lq": f"lq/{pid}.npy", "scene": f"photo:x_{i % 2}",
+                      "group": "photo:x", "psf": PSFS[(n - 1 - i) % len(PSFS)], "crop": [0, 0, size, size], "seed": [0, i], "sha256": sha})
         gts.append(gt)
     save_json(split / "manifest.json", {"version": 1, "split": "train", "seed": 0, "dtype": "float32",
                                         "crop_px": size, "pairs": pairs})
@@ -50,6 +51,16 @@ def test_load_split_tonemaps_and_attaches_codes(tmp_path: Path) -> None:
     for i in range(3):
         np.testing.assert_array_equal(pairs.cond[i].numpy(), CODES[PSFS.index(PSFS[(2 - i) % 3])])
     assert load_split(split, max_items=2).cond is None and len(load_split(split, max_items=2)) == 2
+    assert pairs.groups == ("photo:x",) * 3
+
+
+def test_load_split_groups_of_old_manifests_are_scenes(tmp_path: Path) -> None:
+    split, _, _ = make_split(tmp_path)
+    m = json.loads((split / "manifest.json").read_text())
+    for rec in m["pairs"]:
+        del rec["group"]
+    save_json(split / "manifest.json", m)
+    assert load_split(split).groups == ("photo:x_0", "photo:x_1", "photo:x_0")
 
 
 def test_load_split_errors_name_the_file(tmp_path: Path) -> None:
@@ -82,8 +93,14 @@ def test_subset_and_concat() -> None:
     pairs = _pairs(4)
     sub = pairs.subset([3, 1])
     assert sub.ids == ("p3", "p1") and torch.equal(sub.lq[0], pairs.lq[3])
+    assert sub.groups == ("g1", "g1") and pairs.subset(torch.tensor([2, 0])).groups == ("g0", "g0")
     both = pairs.concat(sub)
     assert len(both) == 6 and both.cond is not None and both.cond.shape == (6, 2)
+    assert both.groups == ("g0", "g1", "g0", "g1", "g1", "g1")
+    plain = TensorPairs(lq=sub.lq, gt=sub.gt, cond=None, ids=sub.ids)
+    assert plain.groups == ("p3", "p1")  # no groups given: each pair is its own
+    with pytest.raises(ValueError, match="1 groups for 2 pairs"):
+        TensorPairs(lq=sub.lq, gt=sub.gt, cond=None, ids=sub.ids, groups=("g",))
     with pytest.raises(ValueError):
         pairs.concat(TensorPairs(lq=sub.lq, gt=sub.gt, cond=None, ids=sub.ids))
 
@@ -107,7 +124,8 @@ def test_inputs_round_trip(tmp_path: Path) -> None:
 def _pairs(n: int, size: int = 16) -> TensorPairs:
     g = torch.Generator().manual_seed(1)
     lq = torch.rand(n, 3, size, size, generator=g)
-    return TensorPairs(lq=lq, gt=lq.clone(), cond=torch.rand(n, 2, generator=g), ids=tuple(f"p{i}" for i in range(n)))
+    return TensorPairs(lq=lq, gt=lq.clone(), cond=torch.rand(n, 2, generator=g), ids=tuple(f"p{i}" for i in range(n)),
+                       groups=tuple(f"g{i % 2}" for i in range(n)))
 
 
 def test_sample_batch_shapes_and_determinism() -> None:

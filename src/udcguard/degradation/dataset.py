@@ -18,7 +18,7 @@ from udcguard.degradation.scenes import panorama_views, prepare_scene
 from udcguard.degradation.synth import PairPlan, scene_seed, synthesize_pair
 from udcguard.errors import ImageError
 from udcguard.io.images import Image
-from udcguard.io.sources import SceneSource, folder_scenes, packaged_photos, panoramas
+from udcguard.io.sources import SceneSource, folder_scenes, packaged_photos, panoramas, wallpapers
 
 SPLITS = ("train", "val", "test")
 
@@ -28,6 +28,14 @@ def build_scene_sources(p: SceneParams, base_dir: Path = Path(".")) -> dict[str,
     sources: list[SceneSource] = []
     if p.photos:
         sources += packaged_photos()
+    if p.wallpapers != "off":
+        walls = wallpapers(p.wallpaper_dir)
+        if not walls and p.wallpapers == "required":
+            raise ImageError(
+                f"{p.wallpaper_dir}: no wallpaper photographs (scenes.wallpapers is 'required'; "
+                "install Debian's mate-backgrounds or set it to 'auto')"
+            )
+        sources += walls
     if p.panoramas != "off":
         found = panoramas(p.panorama_dir)
         if not found and p.panoramas == "required":
@@ -128,6 +136,7 @@ def scene_pairs(
             **rec,
             "id": plan.id,
             "scene": source.name,
+            "group": source.group,
             "scene_kind": source.kind,
             "view": view_idx,
             "scene_info": info,

@@ -1,4 +1,4 @@
-"""Scene preparation: decoded images -> linear HDR scenes; panorama views; scene splits.
+"""Scene preparation: decoded images -> linear HDR scenes; panorama views; group-whole splits.
 
 Pure: decoded :class:`~udcguard.io.images.Image` objects and a ``numpy.random.Generator``
 in, arrays and JSON-able records out.
@@ -141,23 +141,31 @@ def _split_counts(n: int, fractions: list[float]) -> list[int]:
     return counts
 
 
-def split_scenes(names: list[str], fractions: Mapping[str, float], seed: int) -> dict[str, list[str]]:
-    """Assign scenes to splits (e.g. train/val/test) so that no scene is in two splits.
+def split_scenes(
+    names: list[str],
+    fractions: Mapping[str, float],
+    seed: int,
+    groups: Mapping[str, str] | None = None,
+) -> dict[str, list[str]]:
+    """Assign scenes to splits (e.g. train/val/test), keeping every scene group whole.
 
-    Scenes are ordered by a hash of (seed, name), so the result does not depend on the
-    order of ``names`` and a scene added later moves few others. Split sizes follow
-    ``fractions`` (largest remainder), each split getting at least one scene.
+    Scenes that show one place (a stereo pair) share a group; a group's scenes always land
+    in one split. Groups are ordered by a hash of (seed, group), so the result does not
+    depend on the order of ``names`` and a group added later moves few others. The number
+    of GROUPS per split follows ``fractions`` (largest remainder), each split getting at
+    least one group.
 
     Args:
         names: unique scene names.
         fractions: split name -> fraction, in the order splits are filled; sum 1.
         seed: shuffle seed.
+        groups: scene name -> group name; scenes not in it (or None) are their own group.
 
     Returns:
         split name -> sorted scene names; disjoint, covering ``names``.
 
     Raises:
-        ValueError: fewer scenes than splits (at least 3 for train/val/test), duplicate
+        ValueError: fewer groups than splits (at least 3 for train/val/test), duplicate
             names, or fractions that are negative or do not sum to 1.
     """
     splits = list(fractions)
@@ -167,15 +175,19 @@ def split_scenes(names: list[str], fractions: Mapping[str, float], seed: int) ->
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if list(names).count(n) > 1})
         raise ValueError(f"duplicate scene names: {', '.join(dup)}")
-    if len(names) < len(splits):
+    group_of = {n: (groups or {}).get(n, n) for n in names}
+    members: dict[str, list[str]] = {}
+    for n in names:
+        members.setdefault(group_of[n], []).append(n)
+    if len(members) < len(splits):
         raise ValueError(
-            f"found {len(names)} scene(s); at least {len(splits)} are needed "
-            f"(one for each split: {', '.join(splits)})"
+            f"found {len(members)} scene group(s) in {len(names)} scene(s); at least {len(splits)} "
+            f"are needed (one for each split: {', '.join(splits)})"
         )
-    ordered = sorted(names, key=lambda n: (_order_key(seed, n), n))
+    ordered = sorted(members, key=lambda g: (_order_key(seed, g), g))
     out: dict[str, list[str]] = {}
     start = 0
     for split, c in zip(splits, _split_counts(len(ordered), fr), strict=True):
-        out[split] = sorted(ordered[start : start + c])
+        out[split] = sorted(n for g in ordered[start : start + c] for n in members[g])
         start += c
     return out

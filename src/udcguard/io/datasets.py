@@ -44,12 +44,15 @@ class TensorPairs:
         gt: (N, 3, H, W) float32 in [0, 1] (ground truth, tone-mapped).
         cond: (N, d) float32 PSF kernel codes, or None.
         ids: N pair ids.
+        groups: N scene groups (from the manifest, see :mod:`udcguard.io.manifest`), for
+            subsets stratified across groups; () (the default) makes each pair its own group.
     """
 
     lq: torch.Tensor
     gt: torch.Tensor
     cond: torch.Tensor | None
     ids: tuple[str, ...]
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.lq.ndim != 4 or self.lq.shape[1] != 3 or self.lq.shape != self.gt.shape:
@@ -57,6 +60,10 @@ class TensorPairs:
         n = self.lq.shape[0]
         if len(self.ids) != n:
             raise ValueError(f"{len(self.ids)} ids for {n} pairs")
+        if not self.groups:
+            object.__setattr__(self, "groups", tuple(self.ids))
+        elif len(self.groups) != n:
+            raise ValueError(f"{len(self.groups)} groups for {n} pairs")
         if self.cond is not None and (self.cond.ndim != 2 or self.cond.shape[0] != n):
             raise ValueError(f"cond {tuple(self.cond.shape)}: expected ({n}, d)")
 
@@ -67,8 +74,9 @@ class TensorPairs:
         """The pairs at ``indices`` (in that order)."""
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
         cond = None if self.cond is None else self.cond[idx]
-        return TensorPairs(lq=self.lq[idx], gt=self.gt[idx], cond=cond,
-                           ids=tuple(self.ids[i] for i in idx.tolist()))
+        keep = idx.tolist()
+        return TensorPairs(lq=self.lq[idx], gt=self.gt[idx], cond=cond, ids=tuple(self.ids[i] for i in keep),
+                           groups=tuple(self.groups[i] for i in keep))
 
     def concat(self, other: TensorPairs) -> TensorPairs:
         """``self`` followed by ``other`` (e.g. clean pairs + purified inputs with their gt)."""
@@ -78,7 +86,7 @@ class TensorPairs:
             raise ValueError(f"image shapes differ: {tuple(self.lq.shape[1:])} vs {tuple(other.lq.shape[1:])}")
         cond = None if self.cond is None or other.cond is None else torch.cat([self.cond, other.cond])
         return TensorPairs(lq=torch.cat([self.lq, other.lq]), gt=torch.cat([self.gt, other.gt]),
-                           cond=cond, ids=self.ids + other.ids)
+                           cond=cond, ids=self.ids + other.ids, groups=self.groups + other.groups)
 
 
 def load_split(
@@ -98,7 +106,8 @@ def load_split(
         verify: check each file's sha256 against the manifest.
 
     Returns:
-        :class:`TensorPairs` with lq, gt (N, 3, H, W) in [0, 1) and cond (N, d) or None.
+        :class:`TensorPairs` with lq, gt (N, 3, H, W) in [0, 1), cond (N, d) or None, and
+        each pair's scene group.
     """
     split_dir = Path(split_dir)
     manifest_path = split_dir / "manifest.json"
@@ -137,6 +146,7 @@ def load_split(
         gt=to_tensor(gt),
         cond=torch.from_numpy(np.stack(cond)) if codes is not None else None,
         ids=tuple(rec.id for rec in pairs),
+        groups=tuple(rec.group for rec in pairs),
     )
 
 

@@ -1,4 +1,4 @@
-"""Scene discovery: photographs shipped inside installed wheels, HDR panoramas, user folders.
+"""Scene discovery: photographs shipped in wheels or Debian wallpapers, HDR panoramas, folders.
 
 Nothing here downloads anything. Each :class:`SceneSource` has a unique name and a lazy
 loader (a picklable ``functools.partial`` of :func:`~udcguard.io.images.read_image`), so
@@ -17,7 +17,7 @@ from typing import Literal
 from udcguard.errors import ImageError
 from udcguard.io.images import SUPPORTED_SUFFIXES, Image, read_image
 
-SceneKind = Literal["photo", "panorama", "folder"]
+SceneKind = Literal["photo", "wallpaper", "panorama", "folder"]
 
 # Real colour photographs inside wheels of this project's dependencies, decoded offline
 # from the package directory itself (never from a pooch/download cache). Left out on
@@ -37,6 +37,29 @@ _PACKAGED_PHOTOS: tuple[tuple[str, str, str], ...] = (
     ("flower", "sklearn", "datasets/images/flower.jpg"),  # 640 x 427
     ("grace_hopper", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),  # 512 x 600
 )
+# Scenes that show one place share a group (never split across train/val/test).
+_PHOTO_GROUPS = {"motorcycle_left": "motorcycle", "motorcycle_right": "motorcycle"}  # a stereo pair
+
+# The camera photographs among Debian's desktop wallpapers, relative to /usr/share/backgrounds
+# (checked one by one; all twelve are distinct pictures, 1280 x 1024 to 2560 x 1920, each
+# decoded and downscaled to 256 px in < 1 s). Left out on purpose: mate-backgrounds'
+# abstract/ (Elephants* is a painting, in three sizes; the rest vector art) and desktop/
+# (logos, stripes, blurred renders), and all twelve ukui-wallpapers (rendered or vector art).
+#   (file stem, path)  -- package mate-backgrounds
+_WALLPAPERS: tuple[tuple[str, str], ...] = (
+    ("Aqua", "mate/nature/Aqua.jpg"),  # water drop
+    ("Blinds", "mate/nature/Blinds.jpg"),  # backlit leaf
+    ("Dune", "mate/nature/Dune.jpg"),  # grass, sea
+    ("FreshFlower", "mate/nature/FreshFlower.jpg"),
+    ("Garden", "mate/nature/Garden.jpg"),  # marigold
+    ("GreenMeadow", "mate/nature/GreenMeadow.jpg"),
+    ("LadyBird", "mate/nature/LadyBird.jpg"),
+    ("RainDrops", "mate/nature/RainDrops.jpg"),
+    ("Storm", "mate/nature/Storm.jpg"),  # clouds over a road
+    ("TwoWings", "mate/nature/TwoWings.jpg"),  # dandelion seeds
+    ("Wood", "mate/nature/Wood.jpg"),  # planks
+    ("YellowFlower", "mate/nature/YellowFlower.jpg"),
+)
 
 
 @dataclass(frozen=True)
@@ -44,14 +67,23 @@ class SceneSource:
     """One scene that can be decoded on demand.
 
     Attributes:
-        name: unique id, ``photo:<name>``, ``pano:<file stem>`` or ``folder:<file name>``.
-        kind: "photo" (8-bit sRGB), "panorama" (equirectangular linear HDR) or "folder".
+        name: unique id, ``photo:<name>``, ``wall:<file stem>``, ``pano:<file stem>`` or
+            ``folder:<file name>``.
+        kind: "photo" / "wallpaper" (8-bit sRGB), "panorama" (equirectangular linear HDR)
+            or "folder".
         loader: zero-argument callable returning the decoded :class:`Image`.
+        group: scenes that show one place (a stereo pair) share a group, which splits keep
+            whole; "" (the default) means the scene's own name.
     """
 
     name: str
     kind: SceneKind
     loader: Callable[[], Image] = field(compare=False, repr=False)
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            object.__setattr__(self, "group", self.name)
 
     def load(self) -> Image:
         """Decode the scene (raises ImageError naming the file)."""
@@ -85,7 +117,26 @@ def packaged_photos() -> list[SceneSource]:
             continue
         path = (root / rel).resolve()
         if path.is_file() and path.is_relative_to(root):
-            out.append(SceneSource(f"photo:{name}", "photo", partial(read_image, path)))
+            group = f"photo:{_PHOTO_GROUPS.get(name, name)}"
+            out.append(SceneSource(f"photo:{name}", "photo", partial(read_image, path), group))
+    return sorted(out, key=lambda s: s.name)
+
+
+def wallpapers(root: str | Path = "/usr/share/backgrounds") -> list[SceneSource]:
+    """The camera photographs among Debian's mate-backgrounds wallpapers (a curated list).
+
+    Files missing under ``root`` (package not installed) are skipped; the caller decides
+    whether an empty list is an error.
+
+    Returns:
+        Sources of kind "wallpaper" named ``wall:<file stem>``, sorted by name.
+    """
+    base = Path(root)
+    out = [
+        SceneSource(f"wall:{stem}", "wallpaper", partial(read_image, base / rel))
+        for stem, rel in _WALLPAPERS
+        if (base / rel).is_file()
+    ]
     return sorted(out, key=lambda s: s.name)
 
 
