@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -11,6 +12,11 @@ from tqdm.auto import tqdm
 import udcguard
 from udcguard.config import Params
 from udcguard.errors import UdcGuardError
+from udcguard.io.atomic import sha256_file
+
+#: A folder holding this file is hashed by it alone: udcguard's manifests (data/udc/<split>,
+#: input sets written by save_inputs) carry the sha256 of each of the folder's data files.
+MANIFEST = "manifest.json"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -24,15 +30,53 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fingerprint(params: Params, *sections: str, extra: str = "") -> str:
-    """Hash of params sections and udcguard's source: a staging dir is reused only if equal."""
+def fingerprint(params: Params, *sections: str, extra: str = "", upstream: Iterable[str | Path] = ()) -> str:
+    """Hash of params sections, udcguard's source and the content of the ``upstream`` DVC outputs a stage
+    reads: a staging dir or checkpoint is reused only if equal."""
     h = hashlib.sha256(extra.encode())
     for s in sections:
         value = getattr(params, s)
         h.update(value.model_dump_json().encode() if hasattr(value, "model_dump_json") else repr(value).encode())
     for f in sorted(Path(udcguard.__file__).parent.rglob("*.py")):
         h.update(f.read_bytes())
+    h.update(upstream_digest(*upstream).encode())
     return h.hexdigest()
+
+
+def upstream_digest(*paths: str | Path) -> str:
+    """sha256 over the files of each path (names relative to it and their sha256, sorted; hidden entries
+    skipped; a folder holding a manifest.json by that file alone); a missing path hashes as missing."""
+    h = hashlib.sha256()
+    for i, root in enumerate(map(Path, paths)):
+        files = _content_files(root)
+        h.update(f"{i}:{'missing' if not root.exists() else len(files)}\0".encode())
+        for f in files:
+            h.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\0".encode())
+    return h.hexdigest()
+
+
+def _content_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    if (path / MANIFEST).is_file():
+        return [path / MANIFEST]
+    return [f for c in sorted(path.iterdir()) if not c.name.startswith(".") for f in _content_files(c)]
+
+
+def upstream(paths: Paths, stage: str, restorer: str = "") -> list[Path]:
+    """The DVC outputs a resumable stage reads (its data deps in dvc.yaml; a test says so)."""
+    models, udc, psf, purifier = paths.data / "models", paths.udc, paths.psf, paths.purifier
+    return {
+        "train_restorer": [udc, psf],
+        "train_purifier": [udc],
+        "purify_train": [udc, purifier],
+        "attack": [models, udc, psf],  # all restorers: the transfer attack crafts on another one
+        "purify": [paths.attacks(restorer), purifier, paths.tstar],
+        "finetune": [paths.model(restorer), paths.purified_train, udc, psf],
+        "adaptive": [paths.model(restorer), paths.finetuned(restorer), purifier, paths.tstar, udc, psf],
+    }[stage]
 
 
 def file_digest(path: str | Path | None) -> str:
