@@ -94,7 +94,8 @@ def file_digest(path: str | Path | None) -> str:
 
 def progress(total: int, desc: str, unit: str = "", initial: int = 0,
              stream: TextIO | None = None) -> tqdm | LogProgress:
-    """A tqdm bar on a terminal; otherwise (a log, ``dvc repro`` piped) plain lines every 10 % or 30 s."""
+    """A tqdm bar on a terminal; otherwise (a log, ``dvc repro`` piped) plain lines every 10 % (at most one
+    each 5 s) or 30 s, and a last one."""
     stream = stream or sys.stderr
     if stream.isatty():
         return tqdm(total=total, desc=desc, unit=unit or "it", initial=initial, dynamic_ncols=True, file=stream)
@@ -111,9 +112,9 @@ class LogProgress:
     ``[train discnet] 250/1000 steps (25 %), 41 s elapsed, ~2 min left, loss=0.0123``."""
 
     def __init__(self, total: int, desc: str, unit: str = "", initial: int = 0, stream: TextIO | None = None,
-                 every_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 every_s: float = 30.0, min_gap_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.total, self.desc, self.unit, self.n, self.initial = total, desc, unit, initial, initial
-        self.stream, self.every_s, self.clock = stream or sys.stderr, every_s, clock
+        self.stream, self.every_s, self.min_gap_s, self.clock = stream or sys.stderr, every_s, min_gap_s, clock
         self.start = self.last = clock()
         self.postfix, self.closed = "", False
         self.decile = self._decile()
@@ -124,7 +125,8 @@ class LogProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = self.clock()
-        if self._decile() > self.decile or now - self.last >= self.every_s:
+        gap = now - self.last
+        if (self._decile() > self.decile and gap >= self.min_gap_s) or gap >= self.every_s:
             self.decile, self.last = self._decile(), now
             if self.n < self.total:
                 self._line(now)

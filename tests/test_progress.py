@@ -47,6 +47,16 @@ def test_slow_steps_print_every_30_s_and_resume_counts_from_initial() -> None:
     assert out.getvalue().splitlines() == ["[finetune unet] 510/1000 steps (51 %), 31 s elapsed, ~25 min left"]
 
 
+def test_fast_loop_prints_the_last_line_only() -> None:
+    out, clock = io.StringIO(), _Clock()
+    bar = LogProgress(6, "synthesize val", "scenes", stream=out, clock=clock)
+    for _ in range(6):
+        clock.t += 0.5
+        bar.update(1)
+    bar.close()
+    assert out.getvalue() == "[synthesize val] done 6/6 scenes, 3 s in all\n"
+
+
 def test_progress_picks_by_terminal() -> None:
     log = progress(4, "evaluate", stream=io.StringIO())
     assert isinstance(log, LogProgress)
