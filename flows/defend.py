@@ -11,7 +11,7 @@ import tasks.purification
 import tasks.shards
 from tasks.adaptive import adaptive_attacks
 from tasks.attack import attack_restorer
-from tasks.common import Paths, file_digest, fingerprint
+from tasks.common import Paths, file_digest, fingerprint, upstream
 from tasks.purification import purify_sets, purify_train_set
 from tasks.select import select_tstar
 from tasks.tracking import stage_run
@@ -27,7 +27,8 @@ def attack_flow(restorer: str, params_path: str = "params.yaml", overrides: dict
     params.restorer(restorer)
     attacks = ",".join(a.id for a in params.attack.attacks)
     with stage_run("attack", params, params_path, tags={"restorer": restorer, "attacks": attacks}) as run:
-        fp = fingerprint(params, "attack", "lpips", extra=restorer + shard_code(tasks.attack))
+        fp = fingerprint(params, "attack", "lpips", extra=restorer + shard_code(tasks.attack),
+                         upstream=upstream(paths, "attack", restorer))
         with staged_output(paths.attacks(restorer), fp) as out:
             info = attack_restorer(params, restorer, data_dir, str(out))
         run.log_metrics(info)
@@ -42,7 +43,7 @@ def purify_flow(restorer: str, params_path: str = "params.yaml", overrides: dict
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     with stage_run("purify", params, params_path, tags={"restorer": restorer}) as run:
         fp = fingerprint(params, "purify", "attack", "lpips",
-                         extra=restorer + tstar_digest(paths) + shard_code(tasks.purification))
+                         extra=restorer + shard_code(tasks.purification), upstream=upstream(paths, "purify", restorer))
         with staged_output(paths.purified(restorer), fp) as out:
             sets = purify_sets(params, restorer, data_dir, str(out))
         run.log_metrics({"sets": len(sets)})
@@ -55,7 +56,8 @@ def purify_train_flow(params_path: str = "params.yaml", overrides: dict[str, Any
     """Purify train inputs at each fine-tuning strength -> data/purified_train/t_<t>/."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     with stage_run("purify_train", params, params_path) as run:
-        fp = fingerprint(params, "purify", "finetune", extra=shard_code(tasks.purification))
+        fp = fingerprint(params, "purify", "finetune", extra=shard_code(tasks.purification),
+                         upstream=upstream(paths, "purify_train"))
         with staged_output(paths.purified_train, fp) as out:
             strengths = purify_train_set(params, data_dir, str(out))
         run.log_metrics({"strengths": len(strengths)})
@@ -65,11 +67,6 @@ def purify_train_flow(params_path: str = "params.yaml", overrides: dict[str, Any
 def shard_code(module) -> str:
     """A stage's task code enters its fingerprint: shards written by other code are not resumed."""
     return file_digest(module.__file__) + file_digest(tasks.shards.__file__)
-
-
-def tstar_digest(paths: Paths) -> str:
-    """The selected t* enters the fingerprints of the stages that use it."""
-    return paths.tstar.read_text() if paths.tstar.exists() else ""
 
 
 @flow(name="select_tstar")
@@ -94,7 +91,8 @@ def adaptive_flow(restorer: str, params_path: str = "params.yaml", overrides: di
     """Adaptive attacks through the purifier (BPDA, EOT, full) -> data/adaptive/<restorer>/."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     params.restorer(restorer)
-    fp = fingerprint(params, "attack", "adaptive", "purify", "lpips", extra=restorer + tstar_digest(paths))
+    fp = fingerprint(params, "attack", "adaptive", "purify", "lpips", extra=restorer,
+                     upstream=upstream(paths, "adaptive", restorer))
     with stage_run("adaptive", params, params_path, tags={"restorer": restorer}) as run:
         with staged_output(paths.adaptive(restorer), fp) as out:
             info = adaptive_attacks(params, restorer, data_dir, str(out))

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from tasks.common import Paths, file_digest, fingerprint
+from tasks.common import Paths, file_digest, fingerprint, upstream
 from tasks.purification import train_purifier
 from tasks.tracking import stage_run
 from tasks.train import finetune_restorer, train_restorer
@@ -20,7 +20,8 @@ def train_restorer_flow(restorer: str, params_path: str = "params.yaml", overrid
     """Train ``restorer`` -> data/models/<restorer>/ (safetensors + spec + history)."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     spec = params.restorer(restorer)
-    fp = fingerprint(params, "seed", "train", extra=repr(spec) + file_digest(spec.weights))
+    fp = fingerprint(params, "seed", "train", extra=repr(spec) + file_digest(spec.weights),
+                     upstream=upstream(paths, "train_restorer"))
     with stage_run("train_restorer", params, params_path, tags={"restorer": restorer}) as run:
         with staged_output(paths.model(restorer), fp) as out:
             info = train_restorer(params, restorer, data_dir, str(out), fp, run.run_id)
@@ -35,7 +36,7 @@ def train_purifier_flow(params_path: str = "params.yaml", overrides: dict[str, A
                         data_dir: str = "data") -> str:
     """Train the diffusion purifier -> data/purifier/ (diffusers save_pretrained layout)."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
-    fp = fingerprint(params, "seed", "purifier")
+    fp = fingerprint(params, "seed", "purifier", upstream=upstream(paths, "train_purifier"))
     with stage_run("train_purifier", params, params_path) as run:
         with staged_output(paths.purifier, fp) as out:
             info = train_purifier(params, data_dir, str(out), fp, run.run_id)
@@ -50,7 +51,8 @@ def finetune_flow(restorer: str, params_path: str = "params.yaml", overrides: di
     """Fine-tune ``restorer`` on purified inputs -> data/finetuned/<restorer>/, registered in MLflow."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     launch_free = params.finetune.model_copy(update={"distributed": DistributedParams()})  # resumes under any nproc
-    fp = fingerprint(params.model_copy(update={"finetune": launch_free}), "seed", "finetune", extra=restorer)
+    fp = fingerprint(params.model_copy(update={"finetune": launch_free}), "seed", "finetune", extra=restorer,
+                     upstream=upstream(paths, "finetune", restorer))
     with stage_run("finetune", params, params_path, tags={"restorer": restorer}) as run:
         with staged_output(paths.finetuned(restorer), fp) as out:
             info = finetune_restorer(params, restorer, data_dir, str(out), fp, run.run_id)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from tqdm.auto import tqdm
@@ -11,6 +15,11 @@ from tqdm.auto import tqdm
 import udcguard
 from udcguard.config import Params
 from udcguard.errors import UdcGuardError
+from udcguard.io.atomic import sha256_file
+
+#: A folder holding this file is hashed by it alone: udcguard's manifests (data/udc/<split>,
+#: input sets written by save_inputs) carry the sha256 of each of the folder's data files.
+MANIFEST = "manifest.json"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -24,15 +33,53 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fingerprint(params: Params, *sections: str, extra: str = "") -> str:
-    """Hash of params sections and udcguard's source: a staging dir is reused only if equal."""
+def fingerprint(params: Params, *sections: str, extra: str = "", upstream: Iterable[str | Path] = ()) -> str:
+    """Hash of params sections, udcguard's source and the content of the ``upstream`` DVC outputs a stage
+    reads: a staging dir or checkpoint is reused only if equal."""
     h = hashlib.sha256(extra.encode())
     for s in sections:
         value = getattr(params, s)
         h.update(value.model_dump_json().encode() if hasattr(value, "model_dump_json") else repr(value).encode())
     for f in sorted(Path(udcguard.__file__).parent.rglob("*.py")):
         h.update(f.read_bytes())
+    h.update(upstream_digest(*upstream).encode())
     return h.hexdigest()
+
+
+def upstream_digest(*paths: str | Path) -> str:
+    """sha256 over the files of each path (names relative to it and their sha256, sorted; hidden entries
+    skipped; a folder holding a manifest.json by that file alone); a missing path hashes as missing."""
+    h = hashlib.sha256()
+    for i, root in enumerate(map(Path, paths)):
+        files = _content_files(root)
+        h.update(f"{i}:{'missing' if not root.exists() else len(files)}\0".encode())
+        for f in files:
+            h.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\0".encode())
+    return h.hexdigest()
+
+
+def _content_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    if (path / MANIFEST).is_file():
+        return [path / MANIFEST]
+    return [f for c in sorted(path.iterdir()) if not c.name.startswith(".") for f in _content_files(c)]
+
+
+def upstream(paths: Paths, stage: str, restorer: str = "") -> list[Path]:
+    """The DVC outputs a resumable stage reads (its data deps in dvc.yaml; a test says so)."""
+    models, udc, psf, purifier = paths.data / "models", paths.udc, paths.psf, paths.purifier
+    return {
+        "train_restorer": [udc, psf],
+        "train_purifier": [udc],
+        "purify_train": [udc, purifier],
+        "attack": [models, udc, psf],  # all restorers: the transfer attack crafts on another one
+        "purify": [paths.attacks(restorer), purifier, paths.tstar],
+        "finetune": [paths.model(restorer), paths.purified_train, udc, psf],
+        "adaptive": [paths.model(restorer), paths.finetuned(restorer), purifier, paths.tstar, udc, psf],
+    }[stage]
 
 
 def file_digest(path: str | Path | None) -> str:
@@ -45,9 +92,62 @@ def file_digest(path: str | Path | None) -> str:
         raise UdcGuardError(f"{path}: cannot read ({err.strerror})") from None
 
 
-def progress(total: int, desc: str) -> tqdm:
-    """A progress bar on stderr (hidden when not a terminal)."""
-    return tqdm(total=total, desc=desc, disable=None, dynamic_ncols=True)
+def progress(total: int, desc: str, unit: str = "", initial: int = 0,
+             stream: TextIO | None = None) -> tqdm | LogProgress:
+    """A tqdm bar on a terminal; otherwise (a log, ``dvc repro`` piped) plain lines every 10 % (at most one
+    each 5 s) or 30 s, and a last one."""
+    stream = stream or sys.stderr
+    if stream.isatty():
+        return tqdm(total=total, desc=desc, unit=unit or "it", initial=initial, dynamic_ncols=True, file=stream)
+    return LogProgress(total, desc, unit, initial, stream)
+
+
+def duration(s: float) -> str:
+    """41 s, 2 min, 1.5 h."""
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+class LogProgress:
+    """tqdm's update / set_postfix / close, as lines a log keeps:
+    ``[train discnet] 250/1000 steps (25 %), 41 s elapsed, ~2 min left, loss=0.0123``."""
+
+    def __init__(self, total: int, desc: str, unit: str = "", initial: int = 0, stream: TextIO | None = None,
+                 every_s: float = 30.0, min_gap_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.desc, self.unit, self.n, self.initial = total, desc, unit, initial, initial
+        self.stream, self.every_s, self.min_gap_s, self.clock = stream or sys.stderr, every_s, min_gap_s, clock
+        self.start = self.last = clock()
+        self.postfix, self.closed = "", False
+        self.decile = self._decile()
+
+    def _decile(self) -> int:
+        return 10 * self.n // self.total if self.total else 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        gap = now - self.last
+        if (self._decile() > self.decile and gap >= self.min_gap_s) or gap >= self.every_s:
+            self.decile, self.last = self._decile(), now
+            if self.n < self.total:
+                self._line(now)
+
+    def set_postfix(self, **kwargs: object) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._line(self.clock(), done=True)
+
+    def _line(self, now: float, done: bool = False) -> None:
+        elapsed, unit = now - self.start, f" {self.unit}" if self.unit else ""
+        parts = [f"[{self.desc}] {'done ' if done else ''}{self.n}/{self.total}{unit}"
+                 + (f" ({100 * self.n // self.total} %)" if self.total and not done else ""),
+                 f"{duration(elapsed)} {'in all' if done else 'elapsed'}"]
+        rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
+        if not done and rate > 0:
+            parts.append(f"~{duration((self.total - self.n) / rate)} left")
+        print(", ".join(parts + ([self.postfix] if self.postfix else [])), file=self.stream, flush=True)
 
 
 class Paths:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
 
+from tasks.common import progress
 from udcguard.config import Params
 from udcguard.degradation.dataset import build_scene_sources, check_scene, scene_pairs
 from udcguard.degradation.formation import PSFKernel
@@ -53,8 +53,11 @@ def assign_splits(params: Params, base_dir: str = ".") -> dict[str, list[str]]:
     before any output is written.
     """
     sources = build_scene_sources(params.scenes, Path(base_dir))
-    for source in tqdm(sources.values(), desc="check scenes", unit="scene", disable=None):
+    bar = progress(len(sources), "check scenes", "scenes")
+    for source in sources.values():
         check_scene(source, params.scenes, params.dataset.crop_px)
+        bar.update(1)
+    bar.close()
     d = params.dataset
     fractions = {s: getattr(d, s).scene_fraction for s in ("train", "val", "test")}
     groups = {name: s.group for name, s in sources.items()}
@@ -71,7 +74,8 @@ def synthesize_split(params: Params, split: str, scenes: list[str], psf_dir: str
     plans = plan_split(split, scenes, getattr(params.dataset, split).pairs_per_scene)
     todo = [p for p in plans if not (out / "records" / f"{p.id}.json").exists()]
     by_scene = sorted({p.scene for p in todo})
-    for scene in tqdm(by_scene, desc=f"synthesize {split}", unit="scene", disable=None):
+    bar = progress(len(by_scene), f"synthesize {split}", "scenes")
+    for scene in by_scene:
         mine = [p for p in plans if p.scene == scene]
         gen = scene_pairs(sources[scene], mine, psfs, seed=params.seed, scenes=params.scenes,
                           dataset=params.dataset, formation=params.formation)
@@ -80,6 +84,8 @@ def synthesize_split(params: Params, split: str, scenes: list[str], psf_dir: str
                    "lq": save_npy(out / "lq" / f"{plan.id}.npy", lq)}
             save_json(out / "records" / f"{plan.id}.json",
                       {**rec, "gt": f"gt/{plan.id}.npy", "lq": f"lq/{plan.id}.npy", "sha256": sha})
+        bar.update(1)
+    bar.close()
     pairs = [json.loads((out / "records" / f"{p.id}.json").read_text()) for p in plans]
     save_json(out / "manifest.json", {"version": MANIFEST_VERSION, "split": split, "seed": params.seed,
                                       "dtype": params.dataset.dtype, "crop_px": params.dataset.crop_px,

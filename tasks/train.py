@@ -32,8 +32,7 @@ def _fit_with_resume(model, loss_fn, sample, *, steps, lr, lr_min, seed, device,
     """Run :func:`fit` with a resumable checkpoint (ignored if its fingerprint differs)."""
     state = load_train_state(ckpt)
     resume = state if state is not None and state.get("fingerprint") == fp else None
-    bar = progress(steps, desc)
-    bar.update(resume["step"] if resume else 0)
+    bar = progress(steps, desc, unit="steps", initial=resume["step"] if resume else 0)
 
     def on_step(step: int, m: dict) -> None:
         bar.update(1)
