@@ -74,8 +74,8 @@ def upstream(paths: Paths, stage: str, restorer: str = "") -> list[Path]:
     return {
         "train_restorer": [udc, psf],
         "train_purifier": [udc],
-        "purify_train": [udc, purifier],
-        "attack": [models, udc, psf],  # all restorers: the transfer attack crafts on another one
+        "purify_train": [udc, purifier, paths.tstar],  # strengths follow the selected t*
+        "attack": [models, paths.finetuned(restorer), udc, psf],  # all restorers (transfer); fine-tuned: gray-box
         "purify": [paths.attacks(restorer), purifier, paths.tstar],
         "finetune": [paths.model(restorer), paths.purified_train, udc, psf],
         "adaptive": [paths.model(restorer), paths.finetuned(restorer), purifier, paths.tstar, udc, psf],

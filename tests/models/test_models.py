@@ -192,6 +192,22 @@ def test_dynamic_filters_vary_in_space_and_per_scale() -> None:
     assert (other[0] - filters[0]).abs().max() > 1e-5
 
 
+@pytest.mark.parametrize("size", ["tiny", "small", "paper"])
+def test_dynamic_filters_start_near_the_identity(size: str) -> None:
+    torch.manual_seed(0)
+    model = build_restorer("discnet", size=size, cond_dim=5)
+    k2 = model.config["kernel_size"] ** 2
+    x, c = _inputs(1, 32, 32)
+    with torch.no_grad():
+        _, filters = model.dynamic_filters(x, c)
+    for g in filters:  # (1, C * k * k, H, W)
+        taps = g[0].reshape(-1, k2, *g.shape[-2:])  # (C, k * k, H, W)
+        centre = taps[:, k2 // 2]
+        others = torch.cat([taps[:, : k2 // 2], taps[:, k2 // 2 + 1 :]], dim=1)
+        assert 0.8 < centre.mean() < 1.2 and others.abs().mean() < 0.2
+        assert centre.std() > 0  # still image-dependent
+
+
 def test_dynamic_conv_with_constant_filters_is_a_depthwise_conv() -> None:
     g = torch.Generator().manual_seed(0)
     b, ch, h, w, k = 2, 4, 9, 11, 3

