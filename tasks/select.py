@@ -7,7 +7,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.attack import build_objective, levels, make_attack
-from tasks.common import Paths, resolve_device
+from tasks.common import Paths, progress, resolve_device
 from tasks.purification import deployed_purifier, guidance_of, image_seeds, sampler_options
 from tasks.train import load_restorer
 from udcguard.config import Params
@@ -54,10 +54,19 @@ def select_tstar(params: Params, data_dir: str) -> dict:
         opts = {**sampler_options(params), "guidance": guidance}
         return lambda x, t: purifier.purify(x, t_star=t, seeds=seeds, batch_size=p.batch_size, **opts).cpu()
 
-    evaluate = psnr_evaluator(purify_with(guidance_of(params)), restore, pairs.lq, attacked, pairs.gt)
+    scored = psnr_evaluator(purify_with(guidance_of(params)), restore, pairs.lq, attacked, pairs.gt)
+    bar = progress(len(sel.candidates), f"select t* ({len(pairs)} val images)", unit="t*")
+
+    def evaluate(t: int) -> dict:
+        out = scored(t)
+        bar.update(1)
+        bar.set_postfix(t=t, clean=f"{out['clean_psnr']:.2f}", attacked=f"{out['attacked_psnr']:.2f}")
+        return out
+
     best, curve = select_t_star(sel.candidates, evaluate, criterion=sel.criterion,
                                 max_clean_drop_db=sel.max_clean_drop_db,
                                 num_train_timesteps=purifier.num_train_timesteps)
+    bar.close()
     compare = p.guidance.compare_scale if p.guidance.scale == 0 else 0.0
     guided = (psnr_curve(purify_with(guidance_of(params, compare)), restore, pairs.lq, attacked, pairs.gt,
                          sel.candidates) if compare > 0 else [])

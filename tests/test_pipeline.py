@@ -57,8 +57,15 @@ def test_adversarial_sets_respect_budget(run_dir: Path) -> None:
         assert (adv - clean).abs().max() > 0.5 * eps / 256
         pur, ids3, pextra = load_inputs(run_dir / "data" / "purified" / "unet" / f"pgd_linf.eps_{eps}")
         assert list(ids3) == list(ids) and pextra["t_star"] == 5 and pur.shape == adv.shape
-    records = json.loads((run_dir / "data" / "attacks" / "unet" / "records.json").read_text())
-    assert all(r["objective"] >= r["objective_clean"] for r in records if r["attack"] != "transfer")
+    everything = json.loads((run_dir / "data" / "attacks" / "unet" / "records.json").read_text())
+    assert all(r["objective"] >= r["objective_clean"] for r in everything if r["attack"] != "transfer")
+    # every set is crafted on the trained and on the fine-tuned restorer (gray-box rows of purify+finetune)
+    records = [r for r in everything if r["target"] == "base"]
+    crafted_on_ft = [r for r in everything if r["target"] == "finetuned"]
+    assert len(crafted_on_ft) == len(records) > 0
+    ft, _, ft_extra = load_inputs(run_dir / "data" / "attacks" / "unet" / "finetuned~pgd_linf.eps_8")
+    assert ft_extra["target"] == "finetuned" and (ft - clean).abs().max() <= 8 / 256 + 1e-6
+    assert not torch.equal(ft, load_inputs(run_dir / "data" / "attacks" / "unet" / "pgd_linf.eps_8")[0])
     by_attack = {a: [r for r in records if r["attack"] == a] for a in ("pgd_linf", "cw_l2", "simba")}
     assert len(by_attack["pgd_linf"]) == 2 * len(ids)
     simba = by_attack["simba"]  # queries only, within its budget of 1 + 2 x 5 iterations
@@ -69,13 +76,23 @@ def test_adversarial_sets_respect_budget(run_dir: Path) -> None:
 
 
 def test_metrics_table_and_report(run_dir: Path) -> None:
+    from tasks.evaluate import expected_keys
+    from udcguard.config import params_from_dict
+
     rows = list(csv.DictReader((run_dir / "reports" / "metrics.csv").open()))
-    keys = {(r["restorer"], r["attack"], float(r["eps"]), r["defence"]) for r in rows}
-    # restorers x ((clean + pgd 2 levels + cw + simba) x 3 defences + 3 adaptive settings x 2 defended systems)
-    assert len(keys) == len(rows) == 2 * (5 * 3 + 3 * 2)
-    settings = {(r["attack"], r["defence"]): r["setting"] for r in rows}
-    assert settings[("pgd_linf", "none")] == "white-box" and settings[("pgd_linf", "purify")] == "gray-box"
-    assert settings[("pgd_linf@adaptive-eot", "purify+finetune")] == "adaptive-eot"
+    keys = {(r["restorer"], r["attack"], float(r["eps"]), r["defence"], r["setting"]) for r in rows}
+    # restorers x (clean x 3 defences + (pgd 2 levels + cw + simba) x (3 defences + purify+finetune gray-box on
+    # the fine-tuned restorer) + 3 adaptive settings x 2 defended systems)
+    assert len(keys) == len(rows) == 2 * (3 + 4 * 4 + 3 * 2)
+    assert keys == expected_keys(params_from_dict(TINY))
+    settings = {(r["attack"], r["defence"], r["setting"]) for r in rows if r["restorer"] == "unet"}
+    assert {("pgd_linf", "none", "white-box"), ("pgd_linf", "purify", "gray-box"),
+            ("pgd_linf", "purify+finetune", "gray-box"), ("pgd_linf", "purify+finetune", "transfer"),
+            ("pgd_linf@adaptive-eot", "purify+finetune", "adaptive-eot")} <= settings
+    assert all(int(r["n_scenes"]) <= int(r["n_images"]) and float(r["psnr_lo"]) <= float(r["psnr_mean"])
+               <= float(r["psnr_hi"]) for r in rows)
+    share = [r for r in rows if r["attack"] == "pgd_linf" and r["defence"] != "none"]
+    assert share and all(r["recovery_n_images"] for r in share)  # the headline column is filled
     assert all(float(r["psnr_worst_mean"]) <= float(r["psnr_mean"]) + 1e-9 for r in rows)
     assert all(float(r["lpips_rand_mean"]) >= 0 for r in rows)  # no LPIPS weights: the named stand-in
     nested = json.loads((run_dir / "reports" / "metrics.json").read_text())
@@ -84,7 +101,7 @@ def test_metrics_table_and_report(run_dir: Path) -> None:
                                    "pgd_linf@adaptive-eot", "pgd_linf@adaptive-full"}
     assert set(nested["unet"]["pgd_linf"]) == {"eps_2", "eps_8"}
     per_image = list(csv.DictReader((run_dir / "reports" / "per_image.csv").open()))
-    assert len(per_image) == len(rows) * 2  # two test images
+    assert len(per_image) == sum(int(r["n_images"]) for r in rows) and all(r["group"] for r in per_image)
     html = (run_dir / "reports" / "index.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and "purify+finetune" in html
     assert "Attack matrix" in html and "Attack cost" in html and "simba" in html
@@ -101,16 +118,17 @@ def test_metrics_match_scikit_image(run_dir: Path) -> None:
     from udcguard.io.datasets import load_split
     from udcguard.train.restorer import predict
 
-    pairs = load_split(run_dir / "data" / "udc" / "test", psf_dir=run_dir / "data" / "psf", max_items=3)
+    rows = [r for r in csv.DictReader((run_dir / "reports" / "per_image.csv").open())
+            if r["restorer"] == "discnet" and r["attack"] == "none" and r["defence"] == "none"]
+    split = load_split(run_dir / "data" / "udc" / "test", psf_dir=run_dir / "data" / "psf")
+    pairs = split.subset([split.ids.index(r["id"]) for r in rows])
     model = load_restorer(run_dir / "data" / "models" / "discnet", torch.device("cpu"))
     out = predict(model, pairs.lq, pairs.cond).numpy().transpose(0, 2, 3, 1)
     gt = pairs.gt.numpy().transpose(0, 2, 3, 1)
     ref_p = [peak_signal_noise_ratio(g.astype(np.float64), o.astype(np.float64), data_range=1.0) for g, o in zip(gt, out)]
     ref_s = [structural_similarity(g, o, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5,
                                    use_sample_covariance=False) for g, o in zip(gt, out)]
-    rows = [r for r in csv.DictReader((run_dir / "reports" / "per_image.csv").open())
-            if r["restorer"] == "discnet" and r["attack"] == "none" and r["defence"] == "none"]
-    assert len(rows) == len(ref_p)
+    assert len(rows) == len(ref_p) == 3
     np.testing.assert_allclose([float(r["psnr"]) for r in rows], ref_p, atol=1e-3)
     np.testing.assert_allclose([float(r["ssim"]) for r in rows], ref_s, atol=1e-3)
 
