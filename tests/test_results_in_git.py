@@ -79,3 +79,15 @@ def test_code_unchanged_since_the_committed_run() -> None:
                 if not path.startswith(("data/", "reports/")):  # outputs are not in a fresh clone
                     changed.append(f"{stage}: {path} {state}")
     assert not changed, "code changed since the committed results (rerun dvc repro): " + "; ".join(changed[:8])
+
+
+def test_readme_results_come_from_the_committed_metrics() -> None:
+    from tasks.report import read_rows
+    from udcguard.report import headline_markdown
+
+    text = (REPO / "README.md").read_text()
+    start, end = "<!-- results:start -->\n", "<!-- results:end -->"
+    assert start in text and end in text, "README.md lost its results markers"
+    shown = text[text.index(start) + len(start): text.index(end)]
+    table = headline_markdown(read_rows(REPORTS / "metrics.csv"))
+    assert table and table in shown, "README results table differs from reports/metrics.csv (regenerate it)"

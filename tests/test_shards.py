@@ -71,6 +71,8 @@ def base(prefect_harness, tmp_path_factory) -> Path:
     synthesize(**common)  # then the training tasks' bodies: no flow or MLflow run needed for them
     train_restorer.fn(p, RESTORER, str(data), str(data / "models" / RESTORER), fp="", run_id=None)
     train_purifier.fn(p, str(data), str(data / "purifier"), fp="", run_id=None)
+    # the attack stage also crafts every set on the fine-tuned restorer: a copy stands in for it here
+    shutil.copytree(data / "models" / RESTORER, data / "finetuned" / RESTORER)
     attack_flow(RESTORER, overrides=SEQUENTIAL, **common)
     purify_flow(RESTORER, overrides=SEQUENTIAL, **common)
     return tmp
@@ -90,7 +92,7 @@ def test_dask_matches_sequential(base: Path, tmp_path: Path) -> None:
     """Attack and purify on two Dask workers, other shard sizes: bit-identical to the reference."""
     from flows.defend import attack_flow, purify_flow
 
-    data = _copy_inputs(base / "data", tmp_path / "data", "psf", "udc", "models", "purifier")
+    data = _copy_inputs(base / "data", tmp_path / "data", "psf", "udc", "models", "finetuned", "purifier")
     common = {"params_path": str(base / "params.yaml"), "data_dir": str(data), "overrides": DASK}
     attack_flow(RESTORER, **common)
     ref = _tree(base / "data" / "attacks" / RESTORER)
@@ -115,7 +117,7 @@ def test_killed_attack_resumes_at_shard_granularity(base: Path, tmp_path: Path, 
     import tasks.attack as ta
     from flows.defend import attack_flow
 
-    data = _copy_inputs(base / "data", tmp_path / "data", "psf", "udc", "models")
+    data = _copy_inputs(base / "data", tmp_path / "data", "psf", "udc", "models", "finetuned")
     real, ran = ta.attack_shard, []
 
     def die_after_four(ctx: dict, job: dict) -> str:
@@ -133,7 +135,8 @@ def test_killed_attack_resumes_at_shard_granularity(base: Path, tmp_path: Path, 
     first, ran[:] = list(ran), []
     monkeypatch.setattr(ta, "attack_shard", lambda ctx, job: ran.append(job["key"]) or real(ctx, job))
     attack_flow(RESTORER, **common)
-    assert len(ran) == 4 and not set(ran) & set(first)  # 8 shards: pgd 2 levels x 3 batches, cw 1, simba 1
+    # 16 shards: (pgd 2 levels x 3 batches, cw 1, simba 1) on the trained and on the fine-tuned restorer
+    assert len(ran) == 12 and not set(ran) & set(first)
     assert not stage.exists() and not (data / "attacks" / RESTORER / ".shards").exists()
     _assert_same(_tree(data / "attacks" / RESTORER), _tree(base / "data" / "attacks" / RESTORER))
 

@@ -260,3 +260,24 @@ def headline(rows: Sequence[Mapping[str, Any]], sets: Mapping[tuple[Any, ...], s
             f"{summary_paragraph(top, attack, eps, label)}"
             f"<details><summary>Every attack at its strongest level</summary>{mixed_note(every, sets, 'cells')}"
             f"{detail}</details>")
+
+
+def headline_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The headline as a Markdown table (the README's results section): recovery share per restorer x defence
+    x setting at :func:`headline_level`, each cell "60 % [48, 71] (n img / n scenes)"; '' without shares."""
+    level = headline_level(rows)
+    if level is None:
+        return ""
+    attack, eps = level
+    rec = [r for r in recovery_rows(rows) if base_attack(r["attack"]) == attack and float(r["eps"]) == eps]
+    settings = _settings(rec)
+    grid: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
+    for r in rec:
+        grid.setdefault((r["restorer"], r["defence"]), {})[r["setting"]] = r
+    lines = [f"Recovery share at {attack} eps {eps:g} (95 % interval; images / scenes):", "",
+             "| restorer | defence | " + " | ".join(settings) + " |", "|---|---|" + "---:|" * len(settings)]
+    for (restorer, defence), by in sorted(grid.items()):
+        cells = [f"{share(by[s])} ({by[s]['recovery_n_images']} / {by[s]['recovery_n_scenes']})" if s in by else ""
+                 for s in settings]
+        lines.append(f"| {restorer} | {defence} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
