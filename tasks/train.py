@@ -41,7 +41,7 @@ def _fit_with_resume(model, loss_fn, sample, *, steps, lr, lr_min, seed, device,
             log.log_metrics({f"{prefix}loss": m["loss"], f"{prefix}lr": m["lr"]}, step=step)
 
     history = fit(model, loss_fn, sample, steps=steps, lr=lr, lr_min=lr_min, seed=seed, device=device,
-                  amp=amp and device.type == "cuda", resume=resume, checkpoint_every=every,
+                  amp=amp, resume=resume, checkpoint_every=every,
                   on_checkpoint=lambda s: save_train_state(ckpt, {**s, "fingerprint": fp}), on_step=on_step)
     bar.close()
     ckpt.unlink(missing_ok=True)
@@ -63,7 +63,8 @@ def train_restorer(params: Params, name: str, data_dir: str, out_dir: str, fp: s
     model = model.to(device)
     sample = lambda g: sample_batch(pairs, batch_size=t.batch_size, crop_px=t.crop_px, generator=g)
     history = _fit_with_resume(
-        model, restoration_loss(t.loss, device=device), sample, steps=t.steps, lr=t.lr, lr_min=t.lr_min,
+        model, restoration_loss(t.loss, device=device), sample, steps=r.steps or t.steps, lr=r.lr or t.lr,
+        lr_min=t.lr_min,
         seed=t.seed, device=device, amp=t.amp, ckpt=paths.ckpt / f"train-{name}.pt", fp=fp,
         every=t.checkpoint_every, log=RunLogger(run_id), desc=f"train {name}", prefix="train_")
     save_model(model, Path(out_dir), restorer_spec(model))
@@ -86,7 +87,8 @@ def finetune_restorer(params: Params, name: str, data_dir: str, out_dir: str, fp
     run = finetuning(params, name, paths, device)
     history = _fit_with_resume(
         run.model, run.loss_fn, run.sample, steps=f.steps, lr=f.lr, lr_min=f.lr_min, seed=f.seed, device=device,
-        amp=f.amp, ckpt=paths.ckpt / f"finetune-{name}.pt", fp=fp, every=f.checkpoint_every,
+        amp=f.amp and device.type == "cuda",  # fp32 on CPUs: equal to the DDP ranks' updates (tests/train/test_ddp.py)
+        ckpt=paths.ckpt / f"finetune-{name}.pt", fp=fp, every=f.checkpoint_every,
         log=RunLogger(run_id), desc=f"finetune {name}", prefix="finetune_")
     save_model(run.model, Path(out_dir), restorer_spec(run.model))
     save_json(Path(out_dir) / "history.json", history)

@@ -256,6 +256,8 @@ class RestorerParams(Frozen):
         description="local checkpoint to start training from: the authors' released format "
         "(keys renamed by the architecture's official_key) or ours; never downloaded",
     )
+    steps: int | None = Field(None, ge=1, le=10_000_000, description="this restorer's train.steps (None: train.steps)")
+    lr: float | None = Field(None, gt=0.0, le=1.0, description="this restorer's train.lr (None: train.lr)")
 
     @field_validator("arch")
     @classmethod

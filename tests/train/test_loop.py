@@ -95,3 +95,16 @@ def test_fit_leaves_global_rng_alone_and_rejects_bad_resume() -> None:
         fit(_model(), _loss, _sample, steps=8, lr=1e-2, resume=states[0])
     with pytest.raises(ValueError, match="on_checkpoint"):
         fit(_model(), _loss, _sample, steps=4, lr=1e-2, checkpoint_every=2)
+
+
+def test_amp_on_a_cpu_is_bfloat16_where_amx_runs_it() -> None:
+    from udcguard.train.loop import cpu_bf16_available
+
+    kw = {"steps": 30, "lr": 1e-2, "lr_min": 1e-4, "seed": 0, "device": "cpu"}
+    fp32 = fit(_model(), _loss, _sample, amp=False, **kw)["loss"]
+    mixed = fit(_model(), _loss, _sample, amp=True, **kw)["loss"]
+    if not cpu_bf16_available():  # no AMX: amp is plain float32 on a CPU
+        assert mixed == fp32
+        return
+    assert mixed != fp32 and all(math.isfinite(v) for v in mixed)  # bfloat16 rounding, same schedule
+    assert abs(mixed[0] - fp32[0]) < 0.05 * fp32[0] and mixed[-1] < 0.5 * mixed[0]  # and it still learns

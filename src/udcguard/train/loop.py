@@ -60,7 +60,9 @@ def fit(
         grad_clip: max global gradient norm, or None for no clipping.
         seed: seeds the sampling generator (and, through it, the global RNG).
         device: where the model and batches live.
-        amp: float16 autocast + GradScaler; only takes effect on CUDA.
+        amp: mixed precision: on CUDA float16 autocast + GradScaler; on a CPU with AMX tiles
+            (:func:`cpu_bf16_available`) bfloat16 autocast (oneDNN AMX kernels, about 2x faster
+            convolutions; no scaler needed); elsewhere plain float32.
         resume: a state produced by ``on_checkpoint`` of an earlier run with the same
             ``steps``; training continues from its step exactly.
         checkpoint_every: call ``on_checkpoint`` every this many steps and after the last
@@ -85,6 +87,7 @@ def fit(
         raise ValueError("checkpoint_every > 0 needs on_checkpoint (and must not be negative)")
     device = torch.device(device)
     use_amp = amp and device.type == "cuda"
+    cpu_bf16 = amp and device.type == "cpu" and cpu_bf16_available()
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -120,8 +123,10 @@ def fit(
             for step in range(start + 1, steps + 1):
                 batch = _to_device(sample(gen), device)
                 opt.zero_grad(set_to_none=True)
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16 if cpu_bf16 else torch.float16,
+                                    enabled=use_amp or cpu_bf16):
                     loss = loss_fn(model, batch)
+                loss = loss.float()
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise FloatingPointError(f"step {step}: loss is {value}")
@@ -144,6 +149,13 @@ def fit(
         finally:
             model.eval()
     return history
+
+
+def cpu_bf16_available() -> bool:
+    """Whether this CPU has AMX tiles with bfloat16 (where bf16 autocast is a speed-up, not a slow-down)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe() and getattr(torch.cpu, "_init_amx", lambda: False)()) and (
+        torch.backends.mkldnn.is_available())
 
 
 def _restore(
