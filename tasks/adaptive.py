@@ -52,8 +52,8 @@ def adaptive_attacks(params: Params, name: str, data_dir: str, out_dir: str) -> 
     purifier = load_purifier(paths.purifier, device=device)
     purifier.unet.requires_grad_(False)
     deployed = deployed_purifier(params, paths, device)
-    options = {k: v for k, v in sampler_options(params).items() if v is not None}
     t_star = selected_t_star(params, paths)
+    options = {k: v for k, v in sampler_options(params, t_star).items() if v is not None}
     spec = a.spec(ad.attack)
     split = load_split(paths.udc / a.split, psf_dir=paths.psf)
     pool = stratified_subset(split.groups, a.max_images, a.seed)  # the attack stage's images
@@ -94,7 +94,7 @@ def adaptive_attacks(params: Params, name: str, data_dir: str, out_dir: str) -> 
                 for k in range(p.seeds):  # the deployed defence on the adaptive inputs, as evaluated
                     y = purify_set(deployed, x_adv, list(pairs.ids), t_star=t_star, seed=draw_seed(p.seed, k),
                                    batch_size=p.batch_size, desc=f"purify {set_dir} draw {k}",
-                                   **sampler_options(params))
+                                   **sampler_options(params, t_star))
                     save_inputs(out / "purified" / draw_dir(set_dir, k), y, pairs.ids, {**meta, "draw": k})
     bar.close()
     save_json(out / "records.json", records)

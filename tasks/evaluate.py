@@ -247,9 +247,9 @@ def evaluate_user_pairs(params: Params, pairs_dir: str, data_dir: str, out_dir: 
     device = resolve_device(params.evaluate.device)
     pairs = load_split(Path(pairs_dir), psf_dir=paths.psf)
     purifier = deployed_purifier(params, paths, device)
-    x_pur = purify_set(purifier, pairs.lq, list(pairs.ids), t_star=selected_t_star(params, paths),
-                       seed=params.purify.seed, batch_size=params.purify.batch_size, desc="purify pairs",
-                       **sampler_options(params))
+    t_star = selected_t_star(params, paths)
+    x_pur = purify_set(purifier, pairs.lq, list(pairs.ids), t_star=t_star, seed=params.purify.seed,
+                       batch_size=params.purify.batch_size, desc="purify pairs", **sampler_options(params, t_star))
     records: list[dict] = []
     for r in params.restorers:
         base, ft = load_restorer(paths.model(r.name), device), load_restorer(paths.finetuned(r.name), device)

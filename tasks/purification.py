@@ -96,10 +96,12 @@ def guidance_of(params: Params, scale: float | None = None) -> LowFreqGuidance |
                            schedule=g.schedule)
 
 
-def sampler_options(params: Params) -> dict:
-    """Purifier.purify keyword arguments from params.purify (sampler, tiles, guidance)."""
+def sampler_options(params: Params, t_star: int) -> dict:
+    """Purifier.purify keyword arguments from params.purify (sampler, tiles, guidance) at ``t_star``: DDIM takes
+    ``ddim_steps`` steps, or t* steps when t* is smaller (one step per timestep at most)."""
     p = params.purify
-    return {"sampler": p.sampler, "steps": p.ddim_steps if p.sampler == "ddim" else None, "eta": p.eta,
+    return {"sampler": p.sampler, "steps": max(1, min(p.ddim_steps, t_star)) if p.sampler == "ddim" else None,
+            "eta": p.eta,
             "tile": p.tile_px, "overlap": p.tile_overlap_px if p.tile_px else None, "guidance": guidance_of(params)}
 
 
@@ -159,7 +161,7 @@ def purify_shard(ctx: dict, job: dict) -> str:
     purifier = _purifier(ctx["params"], ctx["data_dir"], stamp(Paths(ctx["data_dir"]).purifier), threading.get_ident())
     indices = job.get("indices")
     x, ids = _source(job["source"], None if indices is None else tuple(indices), stamp(job["source"]))
-    options, out = sampler_options(params), []
+    options, out = sampler_options(params, job["t_star"]), []
     for i, j in batches(job["start"], job["stop"], params.purify.batch_size):
         seeds = image_seeds(job["seed"], list(ids[i:j]))
         out.append(purifier.purify(x[i:j].clone(), t_star=job["t_star"], seeds=seeds, **options).cpu())

@@ -51,8 +51,8 @@ def select_tstar(params: Params, data_dir: str) -> dict:
     restore = lambda x: predict(model, x, pairs.cond, batch_size=p.batch_size, device=device)
 
     def purify_with(guidance):
-        opts = {**sampler_options(params), "guidance": guidance}
-        return lambda x, t: purifier.purify(x, t_star=t, seeds=seeds, batch_size=p.batch_size, **opts).cpu()
+        return lambda x, t: purifier.purify(x, t_star=t, seeds=seeds, batch_size=p.batch_size,
+                                            **{**sampler_options(params, t), "guidance": guidance}).cpu()
 
     scored = psnr_evaluator(purify_with(guidance_of(params)), restore, pairs.lq, attacked, pairs.gt)
     bar = progress(len(sel.candidates), f"select t* ({len(pairs)} val images)", unit="t*")

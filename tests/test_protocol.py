@@ -100,3 +100,13 @@ def test_finetune_strengths_follow_the_selected_t_star(tmp_path) -> None:
     assert finetune_t_stars(params, paths) == []  # nothing deployed: the clean copies alone
     data["finetune"]["t_stars"] = [3, 5]
     assert finetune_t_stars(params_from_dict(data), paths) == [3, 5]
+
+
+def test_ddim_steps_never_exceed_t_star() -> None:
+    from tasks.purification import sampler_options
+
+    data = copy.deepcopy(TINY)
+    data["purify"].update({"sampler": "ddim", "ddim_steps": 10})
+    params = params_from_dict(data)
+    assert [sampler_options(params, t)["steps"] for t in (0, 3, 10, 40)] == [1, 3, 10, 10]
+    assert sampler_options(params_from_dict(TINY), 40)["steps"] is None  # DDPM: t* + 1 calls, no steps
