@@ -259,9 +259,6 @@ def evaluate_user_pairs(params: Params, pairs_dir: str, data_dir: str, out_dir: 
                                              eps=0.0, defence=d, setting="clean")])
             records += [{**rec, "group": g} for rec, g in zip(recs, pairs.groups, strict=True)]
     rows = summary_table(records, n_boot=params.evaluate.bootstrap, seed=params.evaluate.seed)
-    got = {(r["restorer"], r["attack"], float(r["eps"]), r["defence"], r["setting"]) for r in rows}
-    if got != expected_keys(params):
-        raise UdcGuardError(f"evaluate: rows differ from the ones params ask for: {sorted(got ^ expected_keys(params))[:4]}")
     save_json(out / "metrics.json", nested(rows))
     write_csv(out / "metrics.csv", rows)
     write_csv(out / "per_image.csv", records)

@@ -104,7 +104,7 @@ def _check_mlflow(uri: str, s3) -> None:
     nested = {rid: t for rid, t in tags.items() if rid not in parents}
     assert len(parents) == 2, parents  # the first repro and the attack-param change; the no-op logs nothing
     assert all(t.get("mlflow.parentRunId") in parents for t in nested.values()), nested
-    assert len(nested) == 11 + 6 and {t["udcguard.stage"] for t in nested.values()} == STAGES
+    assert len(nested) == 11 + 7 and {t["udcguard.stage"] for t in nested.values()} == STAGES
     assert all(r["info"]["status"] == "FINISHED" for r in runs if r["info"]["run_id"] in nested)
     by_stage = lambda s: [r for r in runs if tags[r["info"]["run_id"]].get("udcguard.stage") == s]
     evaluate, report = by_stage("evaluate")[0], by_stage("report")[0]

@@ -287,9 +287,9 @@ def test_every_restorer_runs_through_the_stages(run_dir: Path, tmp_path: Path) -
     common = {"params_path": str(pfile), "data_dir": str(data)}
     for arch in NEW_ARCHS:
         train_restorer_flow(arch, **common)
+        finetune_flow(arch, **common)  # before the attack: gray-box sets are also crafted on the fine-tuned model
         attack_flow(arch, **common)
         purify_flow(arch, **common)
-        finetune_flow(arch, **common)
         adaptive_flow(arch, **common)
     evaluate_flow(**common, reports_dir=str(tmp_path / "reports"))
     rows = json.loads((tmp_path / "reports" / "metrics.json").read_text())

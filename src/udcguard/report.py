@@ -238,9 +238,9 @@ def headline(rows: Sequence[Mapping[str, Any]], sets: Mapping[tuple[Any, ...], s
         return "<p>No defended rows with a recovery share in metrics.csv.</p>"
     attack, eps = level
     rec = recovery_rows(rows)
+    # one attack and level: the transfer column is that attack crafted on the trained restorer and scored on
+    # purify + the fine-tuned one (the transfer attack family is in the table of every attack below)
     top = [r for r in rec if base_attack(r["attack"]) == attack and float(r["eps"]) == eps]
-    top += [r for r in rec if r["setting"] == "transfer" and r not in top
-            and float(r["eps"]) == max(float(x["eps"]) for x in rec if x["attack"] == r["attack"])]
     label = eps_label(attack, eps)
     sig = {(r.get("recovery_n_images"), r.get("recovery_n_scenes"), sets[row_key(r)]) for r in top}
     warn = ("<p class='warn'>Cells rest on different image sets (costly and adaptive attacks run on a stratified "

@@ -49,6 +49,7 @@ def _write_data(root: Path) -> None:
     ids = [r["id"] for r in recs]
     for t in TINY["finetune"]["t_stars"]:
         save_inputs(root / "purified_train" / f"t_{t}", torch.from_numpy(rng.uniform(0, 1, (N, 3, PX, PX))).float(), ids)
+    save_json(root / "purified_train" / "strengths.json", {"t_stars": list(TINY["finetune"]["t_stars"]), "ids": ids})
     torch.manual_seed(0)
     model = build_restorer("discnet", size="tiny", cond_dim=CODE)  # conditional: the PSF code must reach it
     save_model(model, root / "models" / "discnet", restorer_spec(model))
