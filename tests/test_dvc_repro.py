@@ -132,8 +132,8 @@ def _cached_outs(work: Path) -> list[str]:
     stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
     restorers = yaml.safe_load((work / "params.yaml").read_text())["restorers"]
     names = {f"{n}@{r}" if "foreach" in s else n for n, s in stages.items() for r in restorers}
-    uncached = {path for s in stages.values() for kind in ("metrics", "plots") for e in s.get(kind, [])
-                if isinstance(e, dict) for path, opts in e.items() if opts.get("cache") is False}
+    uncached = {path for s in stages.values() for kind in ("outs", "metrics", "plots") for e in s.get(kind, [])
+                if isinstance(e, dict) for path, opts in e.items() if (opts or {}).get("cache") is False}
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
     return sorted({o["path"] for n, s in lock.items() if n in names for o in s.get("outs", [])} - uncached)
 
