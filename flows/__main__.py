@@ -6,8 +6,11 @@ stage's Prefect flow. Bad input exits with one line ``error: ...`` and status 2.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +18,7 @@ import typer
 import yaml
 
 import flows  # noqa: F401  (sets offline/telemetry environment defaults)
+from flows import local_server
 from udcguard.errors import UdcGuardError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -56,10 +60,29 @@ def _run(fn, params_path: Path, sets: list[str] | None, restorer: str | None = N
             kwargs["restorer"] = restorer
         for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_OneLineUserErrors())
-        fn(params_path=str(params_path), overrides=overrides, **kwargs)
+        with _prefect_api():
+            fn(params_path=str(params_path), overrides=overrides, **kwargs)
     except UdcGuardError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    except local_server.ServerError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+@contextlib.contextmanager
+def _prefect_api() -> Iterator[None]:
+    """Run against the shared local Prefect server (flows/local_server.py) unless PREFECT_API_URL is set
+    or UDCGUARD_PREFECT_SERVER=ephemeral."""
+    url = local_server.ensure()
+    if url is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    os.environ["PREFECT_API_URL"] = url  # subprocesses (torchrun ranks, Dask workers) report there too
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
 
 
 RestorerOpt = Annotated[str, typer.Option("--restorer", "-r", help="restorer name from params.yaml")]

@@ -188,7 +188,7 @@ def _plan(params: Params, pairs: TensorPairs, out: Path) -> list[tuple[AttackSpe
     """Per (attack set, level, target), in params order: its shard jobs over whole batches of its images."""
     a, plan = params.attack, []
     for spec in a.attacks:
-        indices = subset_indices(params, pairs, spec.max_images or a.max_images)
+        indices = subset_indices(params, pairs, set_size(spec.max_images, a.max_images))
         for target in targets(spec):
             for eps, step in levels(spec):
                 name = set_name(spec.id, eps, target)
@@ -196,6 +196,14 @@ def _plan(params: Params, pairs: TensorPairs, out: Path) -> list[tuple[AttackSpe
                     out, name, len(indices), params.parallel.shard_images, a.batch_size, attack=spec.id, eps=eps,
                     step=step, target=target, indices=indices)))
     return plan
+
+
+def set_size(own: int | None, stage: int | None) -> int | None:
+    """Images of an attack set: its own ``max_images`` within the stage's (subsets of one seed are nested
+    prefixes, so a set never holds an image outside the clean set)."""
+    if own is None or stage is None:
+        return own if stage is None else stage
+    return min(own, stage)
 
 
 @task(name="attack", cache_policy=NO_CACHE)

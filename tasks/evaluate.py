@@ -18,15 +18,12 @@ from tasks.purification import deployed_purifier, draw_dir, purify_set, sampler_
 from tasks.train import load_restorer
 from udcguard.config import Params
 from udcguard.errors import UdcGuardError
-from udcguard.evaluation import METRICS, merge_draws, nested, score_images, summary_table
+from udcguard.evaluation import DEFENCES, METRICS, merge_draws, nested, score_images, setting_of, summary_table
 from udcguard.io.atomic import save_json, save_png, write_bytes
 from udcguard.io.datasets import load_inputs, load_split
 from udcguard.metrics.lpips import build_lpips, lpips_per_image
 from udcguard.train.restorer import predict
 from udcguard.viz import image_grid
-
-DEFENCES = ("none", "purify", "purify+finetune")
-
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
@@ -63,24 +60,6 @@ def attack_sets(params: Params) -> list[tuple[str, str, float, str]]:
         out += [(set_name(s.id, eps, target), params.attack_label(s), eps, s.attack) for s in params.attack.attacks
                 if target in targets(s) for eps, _ in levels(s)]
     return out
-
-
-def setting_of(method: str, defence: str, target: str) -> str:
-    """The threat setting of a row (design.md section 4).
-
-    clean: no attack. white-box: the undefended restorer attacked directly. gray-box: the attacker
-    knows the deployed restorer (base for ``purify``, fine-tuned for ``purify+finetune``), not the
-    purifier. transfer: crafted on another model (the transfer attack's surrogate, or the base
-    restorer scored on the fine-tuned one behind the purifier).
-    """
-    if method == "none":
-        return "clean"
-    if method == "transfer":
-        return "transfer"
-    if defence == "none":
-        return "white-box"
-    deployed = "finetuned" if defence == "purify+finetune" else "base"
-    return "gray-box" if target == deployed else "transfer"
 
 
 def expected_keys(params: Params) -> set[tuple[str, str, float, str, str]]:

@@ -15,6 +15,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("UDCGUARD_PREFECT_IDLE_S", "20")  # shared local Prefect servers of CLI subprocesses exit soon
 
 import copy  # noqa: E402
 

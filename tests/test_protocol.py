@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
-from tasks.attack import set_name, subset_indices, surrogate_name, targets
-from tasks.evaluate import attack_sets, expected_keys, setting_of
+from tasks.attack import set_name, set_size, subset_indices, surrogate_name, targets
+from tasks.evaluate import attack_sets, expected_keys
 from tasks.purification import finetune_t_stars
 from tests.conftest import REPO, TINY
 from udcguard.config import load_params, params_from_dict
 from udcguard.errors import ConfigError
+from udcguard.evaluation import setting_of
 from udcguard.io.datasets import TensorPairs
 
 
@@ -84,6 +86,16 @@ def test_subsets_are_stratified_not_the_first_ids() -> None:
     idx = subset_indices(params, pairs, 4)
     assert len(idx) == 4 and {groups[i] for i in idx} == {"a", "b", "c", "d"} and idx != [0, 1, 2, 3]
     assert subset_indices(params, pairs, None) == list(range(12))
+
+
+@pytest.mark.parametrize(("own", "stage", "size"), [(None, None, None), (8, None, 8), (None, 5, 5), (8, 5, 5), (4, 5, 4)])
+def test_attack_sets_stay_within_the_clean_set(own, stage, size) -> None:
+    assert set_size(own, stage) == size
+    params = params_from_dict(copy.deepcopy(TINY))
+    groups = tuple(f"g{i % 4}" for i in range(12))
+    pairs = TensorPairs(lq=torch.zeros(12, 3, 4, 4), gt=torch.zeros(12, 3, 4, 4), cond=None,
+                        ids=tuple(f"id{i}" for i in range(12)), groups=groups)
+    assert set(subset_indices(params, pairs, set_size(own, stage))) <= set(subset_indices(params, pairs, stage))
 
 
 def test_finetune_strengths_follow_the_selected_t_star(tmp_path) -> None:

@@ -30,6 +30,28 @@ PERCEPTUAL = ["lpips", "lpips_rand"]
 PSNR_CAP = 100.0
 
 
+#: Defences of the evaluation, in table order.
+DEFENCES = ("none", "purify", "purify+finetune")
+
+
+def setting_of(method: str, defence: str, target: str) -> str:
+    """The threat setting of a row (design.md section 4).
+
+    clean: no attack. white-box: the undefended restorer attacked directly. gray-box: the attacker
+    knows the deployed restorer (base for ``purify``, fine-tuned for ``purify+finetune``), not the
+    purifier. transfer: crafted on another model (the transfer attack's surrogate, or the base
+    restorer scored on the fine-tuned one behind the purifier).
+    """
+    if method == "none":
+        return "clean"
+    if method == "transfer":
+        return "transfer"
+    if defence == "none":
+        return "white-box"
+    deployed = "finetuned" if defence == "purify+finetune" else "base"
+    return "gray-box" if target == deployed else "transfer"
+
+
 def _cap(v: float) -> float:
     return min(float(v), PSNR_CAP)
 

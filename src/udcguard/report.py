@@ -167,21 +167,28 @@ def _settings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [s for s in SETTINGS if s in present] + [s for s in present if s not in SETTINGS]
 
 
+def share_grid(rows: Sequence[Mapping[str, Any]], line: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+               ) -> tuple[list[str], list[tuple[tuple[Any, ...], dict[str, Mapping[str, Any]]]]]:
+    """The settings (columns) and, sorted by line key, each line's rows by setting: the grid behind
+    :func:`share_table` and :func:`headline_markdown`."""
+    grid: dict[tuple[Any, ...], dict[str, Mapping[str, Any]]] = {}
+    for r in rows:
+        grid.setdefault(line(r), {})[r["setting"]] = r
+    return _settings(rows), sorted(grid.items(), key=lambda kv: tuple(map(str, kv[0])))
+
+
 def share_table(rows: Sequence[Mapping[str, Any]], line: Callable[[Mapping[str, Any]], tuple[Any, ...]],
                 line_names: Sequence[str], sets: Mapping[tuple[Any, ...], str]) -> str:
     """Grid of recovery shares: one line per ``line(row)`` (named by ``line_names``), one column per setting;
     each cell "60 % [48, 71]" over "n images / n scenes" (and its image set when the grid mixes sets)."""
-    settings = _settings(rows)
-    grid: dict[tuple[Any, ...], dict[str, Mapping[str, Any]]] = {}
-    for r in rows:
-        grid.setdefault(line(r), {})[r["setting"]] = r
+    settings, grid = share_grid(rows, line)
     mixed = len({sets[row_key(r)] for r in rows}) > 1
     head = "".join(f"<th>{html.escape(c)}</th>" for c in (*line_names, *settings))
     body = []
-    for key in sorted(grid, key=lambda k: tuple(map(str, k))):
+    for key, by in grid:
         tds = "".join(f"<td class='l'>{html.escape(str(v))}</td>" for v in key)
         for s in settings:
-            r = grid[key].get(s)
+            r = by.get(s)
             if r is None:
                 tds += "<td></td>"
                 continue
@@ -270,13 +277,10 @@ def headline_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         return ""
     attack, eps = level
     rec = [r for r in recovery_rows(rows) if base_attack(r["attack"]) == attack and float(r["eps"]) == eps]
-    settings = _settings(rec)
-    grid: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
-    for r in rec:
-        grid.setdefault((r["restorer"], r["defence"]), {})[r["setting"]] = r
+    settings, grid = share_grid(rec, lambda r: (r["restorer"], r["defence"]))
     lines = [f"Recovery share at {attack} eps {eps:g} (95 % interval; images / scenes):", "",
              "| restorer | defence | " + " | ".join(settings) + " |", "|---|---|" + "---:|" * len(settings)]
-    for (restorer, defence), by in sorted(grid.items()):
+    for (restorer, defence), by in grid:
         cells = [f"{share(by[s])} ({by[s]['recovery_n_images']} / {by[s]['recovery_n_scenes']})" if s in by else ""
                  for s in settings]
         lines.append(f"| {restorer} | {defence} | " + " | ".join(cells) + " |")

@@ -108,3 +108,31 @@ def test_amp_on_a_cpu_is_bfloat16_where_amx_runs_it() -> None:
         return
     assert mixed != fp32 and all(math.isfinite(v) for v in mixed)  # bfloat16 rounding, same schedule
     assert abs(mixed[0] - fp32[0]) < 0.05 * fp32[0] and mixed[-1] < 0.5 * mixed[0]  # and it still learns
+
+
+def test_channels_last_trains_the_same_model_up_to_rounding(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from udcguard.models import build_restorer
+
+    def sample(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.rand(4, 3, 16, 16, generator=g)
+        return x, x.flip(-1)
+
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        assert batch[0].is_contiguous(memory_format=torch.channels_last) == model.nhwc
+        return nn.functional.l1_loss(model(batch[0]), batch[1])
+
+    runs = {}
+    for nhwc in (False, True):
+        torch.manual_seed(0)
+        model = build_restorer("unet", size="tiny")
+        model.nhwc = nhwc
+        runs[nhwc] = (fit(model, loss, sample, steps=5, lr=1e-3, seed=2, channels_last=nhwc), model)
+    (h0, m0), (h1, m1) = runs[False], runs[True]
+    assert h1["loss"] == pytest.approx(h0["loss"], rel=1e-4)
+    assert h1["loss"][0] != h1["loss"][-1]  # it trained
+    for (k, a), b in zip(m0.state_dict().items(), m1.state_dict().values(), strict=True):
+        assert b.is_contiguous(), k  # back in the default format: safetensors can save it
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+    save_file(m1.state_dict(), str(tmp_path / "m.safetensors"))

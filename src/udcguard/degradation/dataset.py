@@ -6,7 +6,7 @@ read through :mod:`udcguard.io` (scene loaders).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +23,26 @@ from udcguard.io.sources import SceneSource, folder_scenes, packaged_photos, pan
 SPLITS = ("train", "val", "test")
 
 
+def _package_scenes(mode: str, directory: Path, find: Callable[[str | Path], list[SceneSource]], key: str,
+                    what: str, package: str) -> list[SceneSource]:
+    """Scenes of a Debian package's folder: none when ``mode`` is 'off'; 'required' refuses an empty folder."""
+    if mode == "off":
+        return []
+    found = find(directory)
+    if not found and mode == "required":
+        raise ImageError(f"{directory}: no {what} (scenes.{key} is 'required'; "
+                         f"install Debian's {package} or set it to 'auto')")
+    return found
+
+
 def build_scene_sources(p: SceneParams, base_dir: Path = Path(".")) -> dict[str, SceneSource]:
     """All scene sources the params enable, by unique name."""
     sources: list[SceneSource] = []
     if p.photos:
         sources += packaged_photos()
-    if p.wallpapers != "off":
-        walls = wallpapers(p.wallpaper_dir)
-        if not walls and p.wallpapers == "required":
-            raise ImageError(
-                f"{p.wallpaper_dir}: no wallpaper photographs (scenes.wallpapers is 'required'; "
-                "install Debian's mate-backgrounds or set it to 'auto')"
-            )
-        sources += walls
-    if p.panoramas != "off":
-        found = panoramas(p.panorama_dir)
-        if not found and p.panoramas == "required":
-            raise ImageError(
-                f"{p.panorama_dir}: no .exr panoramas (scenes.panoramas is 'required'; "
-                "install Debian's blender-data or set it to 'auto')"
-            )
-        sources += found
+    sources += _package_scenes(p.wallpapers, p.wallpaper_dir, wallpapers, "wallpapers",
+                               "wallpaper photographs", "mate-backgrounds")
+    sources += _package_scenes(p.panoramas, p.panorama_dir, panoramas, "panoramas", ".exr panoramas", "blender-data")
     if p.folder is not None:
         folder = p.folder if p.folder.is_absolute() else base_dir / p.folder
         sources += folder_scenes(folder)

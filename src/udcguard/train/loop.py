@@ -41,6 +41,7 @@ def fit(
     seed: int = 0,
     device: str | torch.device = "cpu",
     amp: bool = False,
+    channels_last: bool = False,
     resume: dict[str, Any] | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
@@ -63,6 +64,9 @@ def fit(
         amp: mixed precision: on CUDA float16 autocast + GradScaler; on a CPU with AMX tiles
             (:func:`cpu_bf16_available`) bfloat16 autocast (oneDNN AMX kernels, about 2x faster
             convolutions; no scaler needed); elsewhere plain float32.
+        channels_last: the model and the batch's 4-D tensors in channels-last memory format
+            (NHWC convolution kernels: the U-Net trains about 1.4x faster on a CPU; changes
+            results by rounding only). The model is returned in the default format.
         resume: a state produced by ``on_checkpoint`` of an earlier run with the same
             ``steps``; training continues from its step exactly.
         checkpoint_every: call ``on_checkpoint`` every this many steps and after the last
@@ -89,6 +93,8 @@ def fit(
     use_amp = amp and device.type == "cuda"
     cpu_bf16 = amp and device.type == "cpu" and cpu_bf16_available()
     model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -122,6 +128,8 @@ def fit(
         try:
             for step in range(start + 1, steps + 1):
                 batch = _to_device(sample(gen), device)
+                if channels_last:
+                    batch = _channels_last(batch)
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16 if cpu_bf16 else torch.float16,
                                     enabled=use_amp or cpu_bf16):
@@ -148,6 +156,8 @@ def fit(
                     on_checkpoint(state(step))
         finally:
             model.eval()
+            if channels_last:
+                model.to(memory_format=torch.contiguous_format)
     return history
 
 
@@ -218,6 +228,16 @@ def _to_device(batch: Any, device: torch.device) -> Any:
         return {k: _to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return _rebuild(batch, [_to_device(v, device) for v in batch])
+    return batch
+
+
+def _channels_last(batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+    if isinstance(batch, dict):
+        return {k: _channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return _rebuild(batch, [_channels_last(v) for v in batch])
     return batch
 
 
