@@ -44,6 +44,14 @@ DEFAULT_IDLE_S = 120.0
 HOST = "127.0.0.1"
 
 
+#: Background services of a full Prefect server that a local DAG run does not use (schedules, work
+#: pools, automations): off, as in Prefect's temporary servers; the API, the UI and the event and
+#: task-run recorders that the UI reads stay on.
+QUIET_SERVICES = {f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in (
+    "SCHEDULER", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS", "REPOSSESSOR",
+    "CLEANUP_RECONCILER", "TRIGGERS")}
+
+
 class ServerError(RuntimeError):
     """The shared server could not be started (the message names its log)."""
 
@@ -160,7 +168,7 @@ def ensure(root: Path | None = None, startup_timeout_s: float | None = None) -> 
             proc = subprocess.Popen(
                 [sys.executable, "-m", "flows.local_server", "serve", "--port", str(port), "--idle", str(idle_seconds())],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "PREFECT_HOME": str(root)}, cwd=Path(__file__).resolve().parents[1])
+                env={**os.environ, **QUIET_SERVICES, "PREFECT_HOME": str(root)}, cwd=Path(__file__).resolve().parents[1])
         deadline = time.monotonic() + timeout
         while not healthy(url, timeout=1.0):
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -16,17 +16,17 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.attack import build_objective, level_seed
+from tasks.attack import level_seed, objective_for
 from tasks.common import Paths, progress, resolve_device
 from tasks.purification import deployed_purifier, draw_dir, draw_seed, purify_set, sampler_options, selected_t_star
-from tasks.train import load_restorer
 from udcguard.attacks.adaptive import DefendedModel
 from udcguard.attacks.build import build_attack
 from udcguard.config import Params
 from udcguard.io.atomic import save_json
 from udcguard.io.datasets import load_split, save_inputs
-from udcguard.io.subsets import stratified_subset
 from udcguard.io.purifier_store import load_purifier
+from udcguard.io.restorer_store import load_restorer
+from udcguard.io.subsets import stratified_subset
 from udcguard.train.restorer import model_fn
 
 #: Defended systems: defence name -> where its restorer lives.
@@ -36,12 +36,6 @@ DEFENDED = ("purify", "purify+finetune")
 def adaptive_set(setting: str, defence: str, eps: float) -> str:
     """Directory of one adaptive set: ``<setting>.<defence>.eps_<level>``."""
     return f"{setting}.{defence.replace('+', '_')}.eps_{eps:g}"
-
-
-def _frozen(model: torch.nn.Module) -> torch.nn.Module:
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-    return model
 
 
 @task(name="adaptive", cache_policy=NO_CACHE)
@@ -58,9 +52,9 @@ def adaptive_attacks(params: Params, name: str, data_dir: str, out_dir: str) -> 
     split = load_split(paths.udc / a.split, psf_dir=paths.psf)
     pool = stratified_subset(split.groups, a.max_images, a.seed)  # the attack stage's images
     pairs = split.subset([pool[k] for k in stratified_subset([split.groups[i] for i in pool], ad.max_images, ad.seed)])
-    objective = build_objective(params, spec)
-    nets = {"purify": _frozen(load_restorer(paths.model(name), device)),
-            "purify+finetune": _frozen(load_restorer(paths.finetuned(name), device))}
+    objective = objective_for(params, spec)
+    nets = {"purify": load_restorer(paths.model(name), device, frozen=True),
+            "purify+finetune": load_restorer(paths.finetuned(name), device, frozen=True)}
     out, records = Path(out_dir), []
     bar = progress(len(ad.settings) * len(DEFENDED) * len(ad.eps) * len(pairs), f"adaptive {name}")
     for setting in ad.settings:

@@ -31,14 +31,13 @@ from tasks.shards import (
     shard_params,
     stamp,
 )
-from tasks.train import load_restorer
 from udcguard.attacks import Attack
-from udcguard.attacks.build import build_attack
-from udcguard.attacks.objectives import make_objective
+from udcguard.attacks.build import build_attack, build_objective, needs_surrogate
 from udcguard.attacks.regions import region_mask
 from udcguard.config import AttackSpec, Params
 from udcguard.io.atomic import save_json
 from udcguard.io.datasets import TensorPairs, load_split, save_inputs
+from udcguard.io.restorer_store import load_restorer
 from udcguard.io.subsets import stratified_subset
 from udcguard.train.restorer import model_fn
 
@@ -58,7 +57,7 @@ def set_name(attack_id: str, eps: float, target: str = "base") -> str:
 def targets(spec: AttackSpec) -> tuple[str, ...]:
     """The restorers an attack set is crafted on: transfer sets only once (on the surrogate), and sets
     with ``finetuned: false`` only on the base restorer (a CPU budget for costly attacks)."""
-    return ("base",) if spec.attack == "transfer" or not spec.finetuned else ("base", "finetuned")
+    return ("base",) if needs_surrogate(spec.attack) or not spec.finetuned else ("base", "finetuned")
 
 
 def subset_indices(params: Params, pairs: TensorPairs, max_images: int | None) -> list[int]:
@@ -66,11 +65,12 @@ def subset_indices(params: Params, pairs: TensorPairs, max_images: int | None) -
     return stratified_subset(pairs.groups, max_images, params.attack.seed)
 
 
-def build_objective(params: Params, spec: AttackSpec):
+def objective_for(params: Params, spec: AttackSpec):
     """The objective an attack set really uses (lpips_auto resolved; built once per process)."""
     lp = params.lpips
     weights = (str(q) if q else None for q in (lp.backbone_path, lp.lin_path))
-    return _objective(params.objective_of(spec), *weights, lp.net)
+    backbone, lin = weights
+    return build_objective(params.objective_of(spec), lpips_backbone=backbone, lpips_lin=lin, net=lp.net)
 
 
 def levels(spec: AttackSpec) -> list[tuple[float, float | None]]:
@@ -101,10 +101,8 @@ def make_attack(params: Params, spec: AttackSpec, eps: float, step: float | None
                 target: str, cond, device: torch.device, loader=load_restorer) -> Attack:
     """The attack object of one level (the transfer attack gets its surrogate restorer from ``loader``)."""
     surrogate_fn = None
-    if spec.attack == "transfer":
-        surrogate = loader(paths.model(surrogate_name(params, spec, target)), device)
-        for prm in surrogate.parameters():
-            prm.requires_grad_(False)
+    if needs_surrogate(spec.attack):
+        surrogate = loader(paths.model(surrogate_name(params, spec, target)), device).requires_grad_(False)
         surrogate_fn = model_fn(surrogate, cond, device)
     return build_attack(spec.attack, f, eps=eps, step=step, objective=objective,
                         reference=spec.reference or params.attack.reference, options=spec.options,
@@ -119,10 +117,7 @@ def batch_seed(seed: int, attack_id: str, eps: float, ids: list[str]) -> int:
 
 @functools.lru_cache(maxsize=4)
 def _restorer(path: str, device: str, _stamp: int) -> torch.nn.Module:
-    model = load_restorer(Path(path), torch.device(device))
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-    return model
+    return load_restorer(Path(path), torch.device(device), frozen=True)
 
 
 def cached_restorer(path: Path, device: torch.device) -> torch.nn.Module:
@@ -135,9 +130,6 @@ def _pairs(split: str, psf: str, _stamp: int) -> TensorPairs:
     return load_split(Path(split), psf_dir=Path(psf))
 
 
-@functools.lru_cache(maxsize=4)
-def _objective(name: str, backbone: str | None, lin: str | None, net: str):
-    return make_objective(name, lpips_backbone=backbone, lpips_lin=lin, net=net)
 
 
 def attack_shard(ctx: dict, job: dict) -> str:
@@ -148,7 +140,7 @@ def attack_shard(ctx: dict, job: dict) -> str:
     model = cached_restorer(getattr(paths, TARGETS[job["target"]])(ctx["name"]), device)
     split = _pairs(str(paths.udc / a.split), str(paths.psf), stamp(paths.udc / a.split))
     pairs = split.subset(job["indices"])  # the set's images (a stratified subset, in split order)
-    objective = build_objective(params, spec)
+    objective = objective_for(params, spec)
     advs, records = [], []
     for i, j in batches(job["start"], job["stop"], a.batch_size):  # the stage's batch grid, whatever the shard
         x = pairs.lq[i:j].clone().to(device)  # (B, 3, H, W)
@@ -163,7 +155,7 @@ def attack_shard(ctx: dict, job: dict) -> str:
         dt = (time.perf_counter() - t0) / x.shape[0]
         advs.append(res.x_adv.cpu())
         records += _records(spec, eps, step, objective, res, mask, pairs.ids[i:j], dt,
-                            {**(getattr(attack, "last_info", None) or {}), "target": job["target"]})
+                            {"target": job["target"]})
     save_shard(job["out"], {"ids": list(pairs.ids[job["start"]:job["stop"]]), "x_adv": torch.cat(advs),
                             "records": records})
     return job["key"]

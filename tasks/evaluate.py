@@ -15,12 +15,12 @@ from tasks.adaptive import DEFENDED, adaptive_set
 from tasks.attack import FINETUNED, TARGETS, levels, set_name, targets
 from tasks.common import Paths, progress, resolve_device
 from tasks.purification import deployed_purifier, draw_dir, purify_set, sampler_options, selected_t_star
-from tasks.train import load_restorer
 from udcguard.config import Params
 from udcguard.errors import UdcGuardError
 from udcguard.evaluation import DEFENCES, METRICS, merge_draws, nested, score_images, setting_of, summary_table
 from udcguard.io.atomic import save_json, save_png, write_bytes
 from udcguard.io.datasets import load_inputs, load_split
+from udcguard.io.restorer_store import load_restorer
 from udcguard.metrics.lpips import build_lpips, lpips_per_image
 from udcguard.train.restorer import predict
 from udcguard.viz import image_grid

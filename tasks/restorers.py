@@ -13,20 +13,11 @@ from tasks.common import Paths
 from udcguard.config import Params
 from udcguard.errors import UdcGuardError
 from udcguard.io.atomic import read_json
-from udcguard.io.checkpoints import load_state
 from udcguard.io.datasets import TensorPairs, load_inputs, load_split
+from udcguard.io.restorer_store import load_restorer
 from udcguard.losses.perceptual import build_perceptual
-from udcguard.models import build_restorer
 from udcguard.train.augment import sample_batch
 from udcguard.train.restorer import restoration_loss
-
-
-def load_restorer(model_dir: Path, device: torch.device) -> torch.nn.Module:
-    """Rebuild a restorer from ``spec.json`` and load its safetensors weights."""
-    state, spec = load_state(model_dir)
-    model = build_restorer(spec["arch"], size=spec["size"], cond_dim=spec["cond_dim"])
-    model.load_state_dict(state)
-    return model.to(device).eval()
 
 
 def finetune_pairs(params: Params, paths: Paths) -> TensorPairs:

@@ -6,12 +6,12 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.attack import build_objective, levels, make_attack
+from tasks.attack import levels, make_attack, objective_for
 from tasks.common import Paths, progress, resolve_device
 from tasks.purification import deployed_purifier, guidance_of, image_seeds, sampler_options
-from tasks.train import load_restorer
 from udcguard.config import Params
 from udcguard.io.datasets import load_split
+from udcguard.io.restorer_store import load_restorer
 from udcguard.io.subsets import stratified_subset
 from udcguard.purify.selection import psnr_curve, psnr_evaluator, select_t_star
 from udcguard.train.restorer import model_fn, predict
@@ -22,7 +22,7 @@ def _attacked(params: Params, name: str, model, pairs, paths: Paths, device: tor
     a, sel = params.attack, params.purify.selection
     spec = a.spec(sel.attack)
     eps, step = max(levels(spec), key=lambda lv: lv[0])
-    objective = build_objective(params, spec)
+    objective = objective_for(params, spec)
     gen = torch.Generator().manual_seed(a.seed + 7)
     out = []
     for i in range(0, len(pairs), a.batch_size):
@@ -40,9 +40,7 @@ def select_tstar(params: Params, data_dir: str) -> dict:
     paths, p, sel = Paths(data_dir), params.purify, params.purify.selection
     device = resolve_device(p.device)
     name = sel.restorer or params.restorers[0].name
-    model = load_restorer(paths.model(name), device)
-    for prm in model.parameters():
-        prm.requires_grad_(False)
+    model = load_restorer(paths.model(name), device, frozen=True)
     purifier = deployed_purifier(params, paths, device)
     val = load_split(paths.udc / "val", psf_dir=paths.psf)
     pairs = val.subset(stratified_subset(val.groups, sel.images, p.seed))  # across the val scene groups

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.common import Paths, progress, resolve_device
 from tasks.launch import run_torchrun
-from tasks.restorers import finetune_pairs, finetuning, load_restorer
+from tasks.restorers import finetune_pairs, finetuning
 from tasks.tracking import RunLogger
 from udcguard.config import Params
 from udcguard.errors import ConfigError
@@ -24,7 +24,7 @@ from udcguard.train.augment import sample_batch
 from udcguard.train.loop import fit
 from udcguard.train.restorer import restoration_loss
 
-__all__ = ["finetune_pairs", "finetune_restorer", "load_restorer", "resolve_distributed", "train_restorer"]
+__all__ = ["finetune_pairs", "finetune_restorer", "resolve_distributed", "train_restorer"]
 
 
 def _fit_with_resume(model, loss_fn, sample, *, steps, lr, lr_min, seed, device, amp, ckpt: Path,

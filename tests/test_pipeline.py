@@ -114,7 +114,7 @@ def test_metrics_match_scikit_image(run_dir: Path) -> None:
     """The table's PSNR/SSIM for the undefended clean row equal scikit-image on the same arrays."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from tasks.train import load_restorer
+    from udcguard.io.restorer_store import load_restorer
     from udcguard.io.datasets import load_split
     from udcguard.train.restorer import predict
 

@@ -352,7 +352,7 @@ class AttackSpec(Frozen):
             raise ValueError(f"eps is in 1/256 units for the L-inf attack {self.attack}: at most 256 (= 1.0)")
         if self.step is not None and len(self.step) != len(self.eps):
             raise ValueError(f"step needs one value per eps level ({len(self.eps)})")
-        if self.attack == "transfer":  # options: inner (attack name), inner_options, surrogate (restorer)
+        if cls.needs_surrogate:  # options: inner (attack name), inner_options, surrogate (restorer)
             _check_options(self.options, {"inner", "inner_options", "surrogate"}, "transfer")
             inner = self.options.get("inner", "pgd_linf")
             inner_cls = ATTACKS.get(inner)
@@ -409,14 +409,14 @@ class AttackParams(Frozen):
         # Build every attack once on a stand-in model: bad option values (steps 0, a decay
         # out of range, random_start false against the clean output, an unknown inner
         # attack...) fail here, before any work starts.
-        from udcguard.attacks.build import build_attack
+        from udcguard.attacks.build import build_attack, needs_surrogate
 
         ids = [a.id for a in self.attacks]
         if len(set(ids)) != len(ids):
             raise ValueError("attack ids must be unique")
         identity = lambda x: x  # noqa: E731
         for a in self.attacks:
-            if a.attack == "transfer" and a.options.get("inner", "pgd_linf") == "transfer":
+            if needs_surrogate(a.attack) and needs_surrogate(a.options.get("inner", "pgd_linf")):
                 raise ValueError(f"attacks.{a.id}: a transfer attack cannot wrap another transfer attack")
             for eps, step in zip(a.eps or (0.0,), a.step or (None,) * max(len(a.eps), 1), strict=True):
                 options = {k: v for k, v in a.options.items() if k != "surrogate"}
@@ -715,11 +715,13 @@ class Params(Frozen):
 
     @model_validator(mode="after")
     def _crop_fits(self) -> Params:
+        from udcguard.attacks.build import needs_surrogate
+
         names = [r.name for r in self.restorers]
         if len(set(names)) != len(names):
             raise ValueError("restorers: names must be unique")
         for a in self.attack.attacks:
-            if a.attack == "transfer" and len(names) < 2:
+            if needs_surrogate(a.attack) and len(names) < 2:
                 raise ValueError(f"attack.attacks.{a.id}: a transfer attack needs a surrogate restorer other than "
                                  f"the target, and only {len(names)} restorer is configured (add one to restorers, "
                                  "or drop this attack set)")
@@ -727,7 +729,7 @@ class Params(Frozen):
                 raise ValueError(f"attack.attacks.{a.id}: objective lpips needs lpips.backbone_path and "
                                  "lpips.lin_path (local files; nothing is downloaded); without them use lpips_rand")
             surrogate = a.options.get("surrogate")
-            if a.attack == "transfer" and surrogate is not None and surrogate not in names:
+            if needs_surrogate(a.attack) and surrogate is not None and surrogate not in names:
                 raise ValueError(f"attack.attacks.{a.id}.options.surrogate: no restorer {surrogate!r}; "
                                  f"configured: {', '.join(names)}")
         top = self.purifier.max_timestep if self.purifier.max_timestep is not None else self.purifier.num_train_timesteps - 1
@@ -738,7 +740,7 @@ class Params(Frozen):
                 raise ValueError(f"{where}: no attack set {attack_id!r} in attack.attacks; configured: {', '.join(ids)}")
         if ids:
             adaptive_spec = self.attack.spec(self.adaptive.attack)
-            if adaptive_spec.attack == "transfer" or not adaptive_spec.eps:
+            if needs_surrogate(adaptive_spec.attack) or not adaptive_spec.eps:
                 raise ValueError(f"adaptive.attack: {adaptive_spec.id} ({adaptive_spec.attack}) must be a bounded "
                                  "gradient or query attack with eps levels (not transfer / cw_l2)")
         if self.purify.selection.restorer is not None and self.purify.selection.restorer not in names:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from udcguard.attacks.build import needs_surrogate
 from udcguard.metrics.bootstrap import N_BOOT, bootstrap_ci, group_codes, resample_weights
 from udcguard.metrics.image import psnr, ssim
 from udcguard.metrics.summary import summarize_ci
@@ -44,7 +45,7 @@ def setting_of(method: str, defence: str, target: str) -> str:
     """
     if method == "none":
         return "clean"
-    if method == "transfer":
+    if needs_surrogate(method):  # crafted on a surrogate: transfer whatever the defence
         return "transfer"
     if defence == "none":
         return "white-box"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from udcguard.attacks import PGD, AttackArgumentError, objective
-from udcguard.attacks.adaptive import DefendedModel, defended_model
+from udcguard.attacks.adaptive import DefendedModel
 from udcguard.attacks.base import Calls
 from udcguard.purify.diffusion import Purifier, build_unet, make_scheduler
 from udcguard.purify.samplers import ddim_purify_differentiable
@@ -340,12 +340,3 @@ def test_bpda_ignores_ddim_steps_above_t_star(purifier, restorer, x) -> None:
     assert torch.equal(long, ref)
     with pytest.raises(AttackArgumentError):  # the full-gradient chain does use it: refused there
         DefendedModel(restorer, purifier, t_star=3, mode="full", ddim_steps=5)
-
-
-def test_defended_model_from_params(purifier, restorer, x) -> None:
-    m = defended_model(restorer, purifier, {"t_star": T_STAR, "mode": "eot", "eot_samples": 3, "seed": 1})
-    assert m.eot_samples == 3 and m.backward == "bpda"
-    with pytest.raises(AttackArgumentError, match="unknown adaptive option"):
-        defended_model(restorer, purifier, {"t_star": 5, "mode": "bpda", "steps": 3})
-    with pytest.raises(AttackArgumentError, match="need 'mode'"):
-        defended_model(restorer, purifier, {"t_star": 5})

@@ -282,32 +282,3 @@ class DefendedModel:
         if self.backward == "bpda" and self.t_star > 0:
             p = _StraightThrough.apply(x, p.detach())
         return self.restorer_fn(p)
-
-
-#: The params keys :func:`defended_model` accepts.
-PARAM_KEYS = (
-    "t_star",
-    "mode",
-    "eot_samples",
-    "eot_backward",
-    "ddim_steps",
-    "checkpoint",
-    "sampler",
-    "seed",
-    "clamp",
-    "purify_options",
-)
-
-
-def defended_model(restorer_fn: Callable[[Tensor], Tensor], purifier: Purifier, params: dict) -> DefendedModel:
-    """Build a :class:`DefendedModel` from a params dict (the evaluation stage's keys,
-    :data:`PARAM_KEYS`): ``t_star`` and ``mode`` (bpda | eot | full) required; optional
-    ``eot_samples``, ``eot_backward``, ``ddim_steps``, ``checkpoint``, ``sampler``, ``seed``,
-    ``clamp``, ``purify_options``."""
-    unknown = set(params) - set(PARAM_KEYS)
-    if unknown:
-        raise AttackArgumentError(f"unknown adaptive option(s) {sorted(unknown)}; valid: {', '.join(PARAM_KEYS)}")
-    for key in ("t_star", "mode"):
-        if key not in params:
-            raise AttackArgumentError(f"adaptive params need {key!r}")
-    return DefendedModel(restorer_fn, purifier, **params)

@@ -343,10 +343,14 @@ class Attack:
     - ``bounded``: True if ``||delta||_norm <= eps`` is guaranteed; False for attacks that
       are unbounded and minimise the norm instead (C&W-L2).
     - ``eps``: the budget in image units (an instance attribute, set by bounded attacks).
+    - ``needs_surrogate``: True if the attack is crafted on another model than the one it is
+      scored on (the transfer attack): the stages give it a surrogate restorer, craft its sets
+      once, and file its rows under the transfer setting.
     """
 
     norm: ClassVar[str] = "linf"
     bounded: ClassVar[bool] = True
+    needs_surrogate: ClassVar[bool] = False
     eps: float
 
     def __init__(

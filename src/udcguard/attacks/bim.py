@@ -8,14 +8,7 @@ where Clip_{x, eps} clips to the eps-ball around x and to [0, 1] after every ste
 
 from __future__ import annotations
 
-from udcguard.attacks.base import (
-    ATTACKS,
-    Attack,
-    ModelFn,
-    check_eps,
-    check_random_start,
-    check_steps,
-)
+from udcguard.attacks.base import ATTACKS, ModelFn, check_eps
 from udcguard.attacks.pgd import PGD
 
 
@@ -32,7 +25,8 @@ class BIM(PGD):
 
     Paper: arXiv 1607.02533 (Kurakin et al.). Threat model: white-box, L-inf, on the
     degraded input in [0, 1]; y + delta is clipped to [0, 1] (design.md, section 3). BIM is
-    PGD without a random start and with a small step.
+    PGD without a random start and with a small step; random start and cost:
+    :class:`~udcguard.attacks.iterative.IterativeAttack`.
 
     Args:
         model_fn: f(x) -> Tensor, the restorer; called in its current mode (set eval()).
@@ -42,23 +36,12 @@ class BIM(PGD):
             min(eps + 4, 1.25 eps) with eps in levels of 1/256, rounded down, at least 1
             (torchattacks' ``steps=0``, which uses levels of 1/255): 10 steps at eps = 8/256,
             1 at 1/256. With the default alpha the steps reach the boundary of the ball.
-        random_start: start from x + U[-eps, eps] (drawn from the call's ``generator``).
-            Default None: True for reference "clean_output", False for "gt" (the paper's
-            BIM starts at x). Against the clean output the objective's gradient is exactly
-            zero at delta = 0, so BIM from x never moves; random_start=False with reference
-            "clean_output" is therefore refused.
+        random_start: start from x + U[-eps, eps]. Default None: True for reference
+            "clean_output", False for "gt" (the paper's BIM starts at x).
         keep_best: return, per image, the iterate (x_0 .. x_steps) with the highest
             objective. Default True. False: the last iterate (the paper's BIM).
         objective: "mse" (default) or "l1" ("ce" for classifier reference tests).
         reference: "clean_output" (default) or "gt".
-
-    Shape:
-        - x: (B, C, H, W) in [0, 1]; gt: like f(x) (labels (B,) for "ce").
-        - result.x_adv: (B, C, H, W) in [0, 1], |x_adv - x| <= eps elementwise.
-
-    Cost: ``steps`` forward+backward passes, one forward for the last iterate, plus one
-    forward for r = f(x) when reference is "clean_output" and one for d(f(x), gt) when
-    reference is "gt" with a random start. ``queries`` and ``grads`` count them.
     """
 
     def __init__(
@@ -73,17 +56,9 @@ class BIM(PGD):
         objective: str = "mse",
         reference: str = "clean_output",
     ) -> None:
-        Attack.__init__(self, model_fn, objective=objective, reference=reference)
-        self.restarts = 1  # the iteration itself is PGD's (PGD._run), from x unless random_start
-        self.eps = check_eps(eps)
-        self.alpha = check_eps(alpha, "alpha")
-        self.steps = kurakin_steps(self.eps) if steps is None else check_steps(steps)
-        self.random_start = check_random_start(random_start, reference)
-        self.keep_best = bool(keep_best)
+        steps = kurakin_steps(check_eps(eps)) if steps is None else steps
+        super().__init__(model_fn, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+                         keep_best=keep_best, objective=objective, reference=reference)
 
-    def __repr__(self) -> str:
-        return (
-            f"BIM(eps={self.eps:.6g}, alpha={self.alpha:.6g}, steps={self.steps}, "
-            f"random_start={self.random_start}, keep_best={self.keep_best}, "
-            f"objective={self.objective!r}, reference={self.reference!r})"
-        )
+    def default_alpha(self) -> float:
+        return 1 / 256

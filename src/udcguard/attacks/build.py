@@ -7,10 +7,25 @@ budgets as the L2 norm of delta in image units, and no budget for unbounded atta
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 from udcguard.attacks.base import ATTACKS, Attack, ModelFn
+from udcguard.attacks.objectives import make_objective
+
+
+def needs_surrogate(name: str) -> bool:
+    """Whether the registered attack ``name`` is crafted on a surrogate model (its class says so)."""
+    return ATTACKS.get(name).needs_surrogate
+
+
+@functools.lru_cache(maxsize=4)
+def build_objective(name: str, *, lpips_backbone: str | None = None, lpips_lin: str | None = None,
+                    net: str = "alex") -> Any:
+    """The attack objective ``name`` (LPIPS weights from local files), built once per process: the one
+    place where the stages (attack, select_tstar, adaptive) get their objectives."""
+    return make_objective(name, lpips_backbone=lpips_backbone, lpips_lin=lpips_lin, net=net)
 
 
 def budget_kwargs(cls: type[Attack], eps: float, step: float | None) -> dict[str, float]:
@@ -45,11 +60,11 @@ def build_attack(
     cls = ATTACKS.get(name)
     opts = dict(options or {})
     common = {"objective": objective, "reference": reference}
-    if name == "transfer":
+    if cls.needs_surrogate:
         inner = opts.pop("inner", "pgd_linf")
         inner_kwargs = {**dict(opts.pop("inner_options", {}) or {}), **budget_kwargs(ATTACKS.get(inner), eps, step)}
         opts.pop("surrogate", None)
         if surrogate_fn is None:
-            raise ValueError("transfer needs the surrogate model (surrogate_fn)")
+            raise ValueError(f"{name} needs the surrogate model (surrogate_fn)")
         return cls(model_fn, surrogate_fn=surrogate_fn, inner=inner, inner_kwargs=inner_kwargs, **common, **opts)
     return cls(model_fn, **budget_kwargs(cls, eps, step), **common, **opts)

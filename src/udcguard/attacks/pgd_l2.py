@@ -7,28 +7,16 @@ Adversarial Attacks", arXiv 1706.06083 (the L2 variant).
 
 from __future__ import annotations
 
-import torch
+from typing import ClassVar
+
 from torch import Tensor
 
-from udcguard.attacks.base import (
-    ATTACKS,
-    Attack,
-    Calls,
-    ModelFn,
-    Perturbation,
-    best_of_restarts,
-    check_nonneg,
-    check_random_start,
-    check_steps,
-    gradient_ascent,
-    l2_ball_start,
-    normalize_l2,
-    project_l2,
-)
+from udcguard.attacks.base import ATTACKS, ModelFn, normalize_l2, project_l2
+from udcguard.attacks.iterative import IterativeAttack, Step
 
 
 @ATTACKS.register("pgd_l2")
-class PGDL2(Attack):
+class PGDL2(IterativeAttack):
     r"""Projected gradient ascent on d(f(y + delta), r) with ||delta||_2 <= eps per image.
 
     Paper: arXiv 1706.06083 (Madry et al.). Threat model: white-box, L2, on the degraded
@@ -48,9 +36,6 @@ class PGDL2(Attack):
             PGDL2: a Gaussian direction (zero outside the mask) scaled to radius r * eps,
             r ~ U[0, 1] per image, then clipped to [0, 1]; drawn from the call's
             ``generator``. Default None: True for reference "clean_output", False for "gt".
-            Against the clean output the objective's gradient is exactly zero at delta = 0,
-            so PGD from x never moves; random_start=False with reference "clean_output" is
-            therefore refused.
         keep_best: return, per image, the iterate (x_0 .. x_steps) with the highest
             objective. Default True. False: the last iterate, as in plain PGD.
         restarts: independent runs, each from a fresh random start drawn from the call's
@@ -64,13 +49,10 @@ class PGDL2(Attack):
           gradient and delta are zeroed outside it (the step is normalised on the mask).
         - result.x_adv: (B, C, H, W) in [0, 1], ||x_adv - x||_2 <= eps per image.
 
-    Cost: ``restarts * steps`` forward+backward passes, ``restarts`` forwards for the last
-    iterates, plus one forward for r = f(x) when reference is "clean_output" and one for
-    d(f(x), gt) when reference is "gt" with a random start. ``queries`` and ``grads`` count
-    them.
+    Random start, keep-best, restarts and cost: :class:`~udcguard.attacks.iterative.IterativeAttack`.
     """
 
-    norm = "l2"
+    norm: ClassVar[str] = "l2"
 
     def __init__(
         self,
@@ -85,58 +67,16 @@ class PGDL2(Attack):
         objective: str = "mse",
         reference: str = "clean_output",
     ) -> None:
-        super().__init__(model_fn, objective=objective, reference=reference)
-        self.eps = check_nonneg(eps, "eps (L2 budget)")
-        self.steps = check_steps(steps)
-        self.alpha = (
-            2.5 * self.eps / self.steps
-            if alpha is None
-            else check_nonneg(alpha, "alpha (L2 step)")
-        )
-        self.restarts = check_steps(restarts, "restarts")
-        self.random_start = check_random_start(random_start, reference, self.restarts)
-        self.keep_best = bool(keep_best)
+        super().__init__(model_fn, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+                         keep_best=keep_best, restarts=restarts, objective=objective, reference=reference)
 
-    def __repr__(self) -> str:
-        return (
-            f"PGDL2(eps={self.eps:.6g}, alpha={self.alpha:.6g}, steps={self.steps}, "
-            f"random_start={self.random_start}, keep_best={self.keep_best}, "
-            f"restarts={self.restarts}, objective={self.objective!r}, "
-            f"reference={self.reference!r})"
-        )
+    def default_alpha(self) -> float:
+        return 2.5 * self.eps / self.steps  # Madry et al.'s rule of thumb
 
-    def perturb(
-        self,
-        x: Tensor,
-        r: Tensor,
-        *,
-        mask: Tensor | None,
-        generator: torch.Generator | None,
-        calls: Calls,
-    ) -> Perturbation:
-        return best_of_restarts(
-            self.restarts, lambda: self._run(x, r, mask, generator, calls)
-        )
-
-    def _run(
-        self,
-        x: Tensor,
-        r: Tensor,
-        mask: Tensor | None,
-        generator: torch.Generator | None,
-        calls: Calls,
-    ) -> Perturbation:
-        """One PGD-L2 run (one random start)."""
-        x_k = x.clone()  # (B, C, H, W)
-        if self.random_start:
-            x_k = torch.clamp(
-                x + l2_ball_start(x, self.eps, mask, generator), min=0.0, max=1.0
-            )
-
+    def step_rule(self, x: Tensor, mask: Tensor | None) -> Step:
         def step(x_k: Tensor, grad: Tensor) -> Tensor:
             if mask is not None:  # step on the attacked pixels only, at full length
                 grad = grad * mask
             return project_l2(x_k + self.alpha * normalize_l2(grad), x, self.eps, mask)
 
-        return gradient_ascent(x_k, r, calls, steps=self.steps, step=step, keep_best=self.keep_best,
-                               from_x=not self.random_start)
+        return step

@@ -9,7 +9,7 @@ from a surrogate restorer" row of design.md, section 3.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -61,6 +61,8 @@ class Transfer(Attack):
     Cost on the surrogate: the inner attack's (see ``self.last_inner``).
     """
 
+    needs_surrogate: ClassVar[bool] = True
+
     def __init__(
         self,
         model_fn: ModelFn,
@@ -76,12 +78,12 @@ class Transfer(Attack):
             raise AttackArgumentError(
                 f"surrogate_fn must be callable, got {type(surrogate_fn).__name__}"
             )
-        if inner == "transfer":
-            raise AttackArgumentError("inner='transfer' would nest transfer attacks")
         try:
             inner_cls = ATTACKS.get(inner)
         except UnknownNameError as e:
             raise AttackArgumentError(f"inner: {e}") from None
+        if inner_cls.needs_surrogate:
+            raise AttackArgumentError(f"inner={inner!r} would nest transfer attacks")
         kwargs = dict(inner_kwargs or {})
         for bad in ("model_fn", "reference"):
             if bad in kwargs:

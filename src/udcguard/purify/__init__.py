@@ -8,7 +8,6 @@ from udcguard.purify.diffusion import (
     diffusion_loss,
     from_model_space,
     make_scheduler,
-    sample_steps,
     to_model_space,
 )
 from udcguard.purify.samplers import (
@@ -37,7 +36,6 @@ __all__ = [
     "from_model_space",
     "make_scheduler",
     "resolve_t_star",
-    "sample_steps",
     "tile_starts",
     "tiled_eps",
     "to_model_space",

@@ -208,12 +208,6 @@ def diffusion_loss(
     return F.mse_loss(pred, eps)
 
 
-def sample_steps(t_star: int) -> int:
-    """Reverse steps of the full DDPM chain from ``t_star`` (t*; it makes t* + 1 UNet calls,
-    t*, ..., 0: see :func:`~udcguard.purify.samplers.unet_calls` for exact call counts)."""
-    return int(t_star)
-
-
 def _seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
