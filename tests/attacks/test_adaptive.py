@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.attacks.conftest import TinyRestorer
 from udcguard.attacks import PGD, AttackArgumentError, objective
 from udcguard.attacks.adaptive import DefendedModel
 from udcguard.attacks.base import Calls
@@ -13,19 +14,6 @@ from udcguard.purify.diffusion import Purifier, build_unet, make_scheduler
 from udcguard.purify.samplers import ddim_purify_differentiable
 
 T_STAR = 10
-
-
-class TinyRestorer(nn.Module):
-    """x + Conv-ReLU-Conv(x), as tests/attacks/test_pgd.py."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
 
 
 def _purifier(dtype: torch.dtype = torch.float32) -> Purifier:

@@ -6,32 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from tests.attacks.test_pgd import Counted, TinyRestorer
+from tests.attacks.conftest import Counted, TinyRestorer, gen as _gen
 from udcguard.attacks.base import ATTACKS, AttackArgumentError
 from udcguard.attacks.cw import CarliniWagnerL2
 from udcguard.attacks.objectives import objective
 
 FAST = {"binary_steps": 3, "steps": 30}
-
-
-@pytest.fixture
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    return TinyRestorer().eval()
-
-
-@pytest.fixture
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(3, 3, 16, 16, generator=g)
-    x[:, :, :2] = 0.0  # saturated rows: the tanh change of variables must stay finite
-    x[:, :, -2:] = 1.0
-    gt = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    return x, gt
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_reaches_target_in_range_and_input_untouched(model, batch) -> None:

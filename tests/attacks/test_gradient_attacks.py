@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.attacks.test_pgd import TinyClassifier, TinyRestorer
+from tests.attacks.conftest import TinyClassifier, TinyRestorer, gen as _gen
 from udcguard.attacks import (
     ATTACKS,
     BIM,
@@ -29,10 +29,6 @@ from udcguard.errors import UdcGuardError
 
 TOL = 1e-6
 GT = {"objective": "ce", "reference": "gt"}  # classifier parity setting
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _torchattacks():
@@ -52,22 +48,6 @@ def clf_data() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     x[:4] = x[:4].round()  # some pixels at 0 and 1: clipping is compared too
     labels = torch.randint(0, 4, (16,), generator=g)
     return clf, x, labels
-
-
-@pytest.fixture
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    return TinyRestorer().eval()
-
-
-@pytest.fixture
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(3, 3, 16, 16, generator=g)
-    x[:, :, :2] = 0.0
-    x[:, :, -2:] = 1.0
-    gt = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    return x, gt
 
 
 def _assert_parity(ours: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, eps: float) -> float:

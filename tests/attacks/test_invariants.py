@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.attacks.test_pgd import Counted, TinyRestorer
+from tests.attacks.conftest import Counted, TinyRestorer, gen as _gen
 from udcguard.attacks import ATTACKS, Attack, objective
 
 TOL = 1e-6
@@ -51,26 +51,6 @@ KWARGS: dict[str, dict[str, Any] | Callable[[nn.Module], dict[str, Any]]] = {
 
 NAMES = ATTACKS.names()
 REFERENCES = ["clean_output", "gt"]
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    return TinyRestorer().eval()
-
-
-@pytest.fixture
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(3, 3, 16, 16, generator=g)
-    x[:, :, :2] = 0.0  # saturated rows exercise the [0, 1] clipping
-    x[:, :, -2:] = 1.0
-    gt = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    return x, gt
 
 
 def _build(name: str, model_fn: Callable, model: nn.Module, reference: str) -> Attack:

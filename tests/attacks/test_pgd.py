@@ -13,53 +13,16 @@ from udcguard.attacks import (
     Attack,
     objective,
 )
+from tests.attacks.conftest import Counted, TinyClassifier, TinyRestorer, make_batch
+from tests.attacks.conftest import gen as _gen
 from udcguard.errors import UdcGuardError
 
 TOL = 1e-6
 
 
-class TinyRestorer(nn.Module):
-    """x + Conv-ReLU-Conv(x): a residual restorer small enough for CPU tests."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
-class Counted:
-    """Wraps a model, counting forward calls."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.calls = model, 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.model(x)
-
-
-@pytest.fixture
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    return TinyRestorer().eval()
-
-
 @pytest.fixture
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(4, 3, 16, 16, generator=g)
-    x[:, :, :2] = 0.0  # saturated rows exercise the [0, 1] clipping
-    x[:, :, -2:] = 1.0
-    gt = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    return x, gt
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return make_batch(4)
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 8])
@@ -241,20 +204,6 @@ def test_objectives_values() -> None:
 
 
 # ------------------------------------------------------------ independent reference
-class TinyClassifier(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(8 * 8 * 8, 4),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 @pytest.fixture
 def classifier_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)

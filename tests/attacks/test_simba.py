@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.attacks.test_pgd import TinyRestorer
+from tests.attacks.conftest import TinyRestorer, gen as _gen
 from udcguard.attacks.base import ATTACKS, AttackArgumentError
 from udcguard.attacks.objectives import objective
 from udcguard.attacks.simba import SimBA, block_dct_matrix, dct_matrix, frequency_rings
@@ -27,26 +27,6 @@ class NoGradModel:
         assert not x.requires_grad
         self.calls += 1
         return self.model(x)
-
-
-@pytest.fixture
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    return TinyRestorer().eval()
-
-
-@pytest.fixture
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(3, 3, 16, 16, generator=g)
-    x[:, :, :2] = 0.0  # saturated rows: half of the steps there are clipped away
-    x[:, :, -2:] = 1.0
-    gt = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    return x, gt
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.parametrize("basis", ["pixel", "dct"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.attacks.test_pgd import Counted, TinyRestorer
+from tests.attacks.conftest import Counted, TinyRestorer, gen as _gen
 from udcguard.attacks.base import ATTACKS, AttackArgumentError
 from udcguard.attacks.cw import CarliniWagnerL2  # noqa: F401  (registers "cw_l2")
 from udcguard.attacks.objectives import objective
@@ -42,20 +42,6 @@ def surrogate() -> nn.Module:
 @pytest.fixture
 def target() -> nn.Module:
     return _restorer(1)
-
-
-@pytest.fixture
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(3, 3, 16, 16, generator=g)
-    x[:, :, :2] = 0.0
-    x[:, :, -2:] = 1.0
-    gt = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    return x, gt
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_surrogate_equal_to_target_gives_the_inner_attack(surrogate, batch) -> None:
