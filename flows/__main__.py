@@ -62,12 +62,9 @@ def _run(fn, params_path: Path, sets: list[str] | None, restorer: str | None = N
             logging.getLogger(name).addFilter(_OneLineUserErrors())
         with _prefect_api():
             fn(params_path=str(params_path), overrides=overrides, **kwargs)
-    except UdcGuardError as err:
+    except (UdcGuardError, local_server.ServerError) as err:  # bad input: 2; no Prefect server: 1
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    except local_server.ServerError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2 if isinstance(err, UdcGuardError) else 1) from None
 
 
 @contextlib.contextmanager
