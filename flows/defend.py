@@ -1,4 +1,7 @@
-"""Stages 3-4: attack a restorer, purify its input sets, purify the fine-tuning set."""
+"""Stages 3-4: attack a restorer, purify its input sets, purify the fine-tuning set.
+
+The purifying flows import their tasks when they run: the attack stage then never loads diffusers
+(about 2 s of imports a process)."""
 
 from __future__ import annotations
 
@@ -7,13 +10,9 @@ from typing import Any
 from prefect import flow
 
 import tasks.attack
-import tasks.purification
 import tasks.shards
-from tasks.adaptive import adaptive_attacks
 from tasks.attack import attack_restorer
 from tasks.common import Paths, file_digest, fingerprint, upstream
-from tasks.purification import purify_sets, purify_train_set
-from tasks.select import select_tstar
 from tasks.tracking import stage_run
 from udcguard.config import load_params
 from udcguard.io.atomic import save_json, staged_output
@@ -40,12 +39,14 @@ def attack_flow(restorer: str, params_path: str = "params.yaml", overrides: dict
 def purify_flow(restorer: str, params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
                 data_dir: str = "data") -> str:
     """Purify the clean and adversarial inputs of ``restorer`` -> data/purified/<restorer>/."""
+    import tasks.purification
+
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     with stage_run("purify", params, params_path, tags={"restorer": restorer}) as run:
         fp = fingerprint(params, "purify", "attack", "lpips",
                          extra=restorer + shard_code(tasks.purification), upstream=upstream(paths, "purify", restorer))
         with staged_output(paths.purified(restorer), fp) as out:
-            sets = purify_sets(params, restorer, data_dir, str(out))
+            sets = tasks.purification.purify_sets(params, restorer, data_dir, str(out))
         run.log_metrics({"sets": len(sets)})
     return str(paths.purified(restorer))
 
@@ -54,12 +55,14 @@ def purify_flow(restorer: str, params_path: str = "params.yaml", overrides: dict
 def purify_train_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
                       data_dir: str = "data") -> str:
     """Purify train inputs at each fine-tuning strength -> data/purified_train/t_<t>/."""
+    import tasks.purification
+
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     with stage_run("purify_train", params, params_path) as run:
         fp = fingerprint(params, "purify", "finetune", extra=shard_code(tasks.purification),
                          upstream=upstream(paths, "purify_train"))
         with staged_output(paths.purified_train, fp) as out:
-            strengths = purify_train_set(params, data_dir, str(out))
+            strengths = tasks.purification.purify_train_set(params, data_dir, str(out))
         run.log_metrics({"strengths": len(strengths)})
     return str(paths.purified_train)
 
@@ -73,6 +76,8 @@ def shard_code(module) -> str:
 def select_tstar_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
                       data_dir: str = "data") -> str:
     """PSNR-vs-t* on a val slice (clean and attacked; unguided and guided) -> data/tstar.json; t* if auto."""
+    from tasks.select import select_tstar
+
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     with stage_run("select_tstar", params, params_path) as run:
         info = select_tstar(params, data_dir)
@@ -89,6 +94,8 @@ def select_tstar_flow(params_path: str = "params.yaml", overrides: dict[str, Any
 def adaptive_flow(restorer: str, params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
                   data_dir: str = "data") -> str:
     """Adaptive attacks through the purifier (BPDA, EOT, full) -> data/adaptive/<restorer>/."""
+    from tasks.adaptive import adaptive_attacks
+
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     params.restorer(restorer)
     fp = fingerprint(params, "attack", "adaptive", "purify", "lpips", extra=restorer,

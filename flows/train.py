@@ -7,7 +7,6 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from tasks.common import Paths, file_digest, fingerprint, upstream
-from tasks.purification import train_purifier
 from tasks.tracking import stage_run
 from tasks.train import finetune_restorer, train_restorer
 from udcguard.config import DistributedParams, load_params
@@ -35,6 +34,8 @@ def train_restorer_flow(restorer: str, params_path: str = "params.yaml", overrid
 def train_purifier_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
                         data_dir: str = "data") -> str:
     """Train the diffusion purifier -> data/purifier/ (diffusers save_pretrained layout)."""
+    from tasks.purification import train_purifier  # here: the restorer stages never load diffusers
+
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     fp = fingerprint(params, "seed", "purifier", upstream=upstream(paths, "train_purifier"))
     with stage_run("train_purifier", params, params_path) as run:

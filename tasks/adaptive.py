@@ -17,8 +17,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.attack import level_seed, objective_for
-from tasks.common import Paths, progress, resolve_device
-from tasks.purification import deployed_purifier, draw_dir, draw_seed, purify_set, sampler_options, selected_t_star
+from tasks.common import DEFENDED, Paths, adaptive_set, draw_dir, progress, resolve_device
+from tasks.purification import deployed_purifier, draw_seed, purify_set, sampler_options, selected_t_star
 from udcguard.attacks.adaptive import DefendedModel
 from udcguard.attacks.build import build_attack
 from udcguard.config import Params
@@ -30,14 +30,6 @@ from udcguard.io.subsets import stratified_subset
 from udcguard.train.restorer import model_fn
 
 #: Defended systems: defence name -> where its restorer lives.
-DEFENDED = ("purify", "purify+finetune")
-
-
-def adaptive_set(setting: str, defence: str, eps: float) -> str:
-    """Directory of one adaptive set: ``<setting>.<defence>.eps_<level>``."""
-    return f"{setting}.{defence.replace('+', '_')}.eps_{eps:g}"
-
-
 @task(name="adaptive", cache_policy=NO_CACHE)
 def adaptive_attacks(params: Params, name: str, data_dir: str, out_dir: str) -> dict:
     """Adversarial sets per (setting, defended system, eps) and their purified draws; records.json."""

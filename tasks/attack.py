@@ -68,9 +68,9 @@ def subset_indices(params: Params, pairs: TensorPairs, max_images: int | None) -
 def objective_for(params: Params, spec: AttackSpec):
     """The objective an attack set really uses (lpips_auto resolved; built once per process)."""
     lp = params.lpips
-    weights = (str(q) if q else None for q in (lp.backbone_path, lp.lin_path))
-    backbone, lin = weights
-    return build_objective(params.objective_of(spec), lpips_backbone=backbone, lpips_lin=lin, net=lp.net)
+    return build_objective(params.objective_of(spec), net=lp.net,
+                           lpips_backbone=str(lp.backbone_path) if lp.backbone_path else None,
+                           lpips_lin=str(lp.lin_path) if lp.lin_path else None)
 
 
 def levels(spec: AttackSpec) -> list[tuple[float, float | None]]:

@@ -178,3 +178,17 @@ class Paths:
 
     def finetuned(self, name: str) -> Path:
         return self.data / "finetuned" / name
+
+
+#: the defended systems of the adaptive stage (gray-box attacks see the restorer only)
+DEFENDED = ("purify", "purify+finetune")
+
+
+def draw_dir(set_name: str, k: int) -> str:
+    """Directory of draw k of a purified set: ``<set>`` for k = 0, ``<set>~s<k>`` after."""
+    return set_name if k == 0 else f"{set_name}~s{k}"
+
+
+def adaptive_set(setting: str, defence: str, eps: float) -> str:
+    """Directory of one adaptive set: ``<setting>.<defence>.eps_<level>``."""
+    return f"{setting}.{defence.replace('+', '_')}.eps_{eps:g}"

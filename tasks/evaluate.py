@@ -11,10 +11,8 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.adaptive import DEFENDED, adaptive_set
 from tasks.attack import FINETUNED, TARGETS, levels, set_name, targets
-from tasks.common import Paths, progress, resolve_device
-from tasks.purification import deployed_purifier, draw_dir, purify_set, sampler_options, selected_t_star
+from tasks.common import DEFENDED, Paths, adaptive_set, draw_dir, progress, resolve_device
 from udcguard.config import Params
 from udcguard.errors import UdcGuardError
 from udcguard.evaluation import DEFENCES, METRICS, merge_draws, nested, score_images, setting_of, summary_table
@@ -222,6 +220,8 @@ def evaluate_pipeline(params: Params, data_dir: str, reports_dir: str) -> dict:
 @task(name="evaluate-pairs", cache_policy=NO_CACHE)
 def evaluate_user_pairs(params: Params, pairs_dir: str, data_dir: str, out_dir: str) -> dict:
     """Score a user's folder of pairs (data contract: manifest.json + gt/lq .npy)."""
+    from tasks.purification import deployed_purifier, purify_set, sampler_options, selected_t_star  # diffusers
+
     paths, out = Paths(data_dir), Path(out_dir)
     device = resolve_device(params.evaluate.device)
     pairs = load_split(Path(pairs_dir), psf_dir=paths.psf)

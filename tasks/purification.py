@@ -11,7 +11,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import Paths, progress, resolve_device
+from tasks.common import Paths, draw_dir, progress, resolve_device
 from tasks.shards import (
     batches,
     gather,
@@ -116,11 +116,6 @@ def selected_t_star(params: Params, paths: Paths) -> int:
 def draw_seed(seed: int, k: int) -> int:
     """Seed of purification draw k (k = 0: ``seed`` itself, as before draws existed)."""
     return seed + 1_000_003 * k
-
-
-def draw_dir(set_name: str, k: int) -> str:
-    """Directory of draw k of a purified set: ``<set>`` for k = 0, ``<set>~s<k>`` after."""
-    return set_name if k == 0 else f"{set_name}~s{k}"
 
 
 def purify_set(purifier: Purifier, x: torch.Tensor, ids: list[str], *, t_star: int, seed: int,

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from udcguard.errors import UnknownNameError
+from udcguard.models.discnet import dynamic_conv_unfold
 from udcguard.models import (
     RESTORERS,
     SIZES,
@@ -232,6 +233,42 @@ def test_dynamic_conv_is_per_pixel() -> None:
     expected = feat.clone()
     expected[0, 0, 1, 2] = feat[0, 0, 1, 3]
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_dynamic_conv_gradients_match_finite_differences(k: int) -> None:
+    """The hand-written backward pass (taps, not unfold) against autograd's numerical gradients."""
+    g = torch.Generator().manual_seed(k)
+    feat = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.double, requires_grad=True)
+    filters = torch.randn(2, 3 * k * k, 5, 6, generator=g, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: dynamic_conv(a, b, k), (feat, filters))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_dynamic_conv_matches_the_unfold_form(layout: torch.memory_format) -> None:
+    """Values and both gradients equal the released code's unfold form, in fp32 and bf16, any layout."""
+    g = torch.Generator().manual_seed(1)
+    feat0 = torch.randn(2, 4, 8, 10, generator=g).contiguous(memory_format=layout)
+    fil0 = torch.randn(2, 36, 8, 10, generator=g).contiguous(memory_format=layout)
+    up = torch.randn(2, 4, 8, 10, generator=g)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        outs, grads = [], []
+        for fn in (dynamic_conv, dynamic_conv_unfold):
+            feat = feat0.to(dtype).detach().requires_grad_()
+            fil = fil0.to(dtype).detach().requires_grad_()
+            out = fn(feat, fil, 3)
+            (out.float() * up).sum().backward()
+            assert out.dtype == dtype and feat.grad.dtype == dtype and fil.grad.dtype == dtype
+            outs.append(out.float())
+            grads.append((feat.grad.float(), fil.grad.float()))
+        torch.testing.assert_close(outs[0], outs[1], rtol=tol, atol=tol * 4)
+        for a, b in zip(grads[0], grads[1], strict=True):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * 4)
+
+
+def test_dynamic_conv_refuses_filters_of_the_wrong_shape() -> None:
+    with pytest.raises(ValueError, match=r"filters \(1, 18, 4, 4\) do not fit features \(1, 3, 4, 4\)"):
+        dynamic_conv(torch.zeros(1, 3, 4, 4), torch.zeros(1, 18, 4, 4), 3)
 
 
 def test_released_code_variant_runs() -> None:
