@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from udcguard.attacks.adaptive import DefendedModel  # noqa: E402
 from udcguard.attacks.base import Calls  # noqa: E402
 from udcguard.attacks.objectives import objective  # noqa: E402
-from udcguard.purify.diffusion import Purifier, build_unet_preset, make_scheduler  # noqa: E402
+from udcguard.purify import Purifier, build_unet_preset, make_scheduler  # noqa: E402
 
 MiB = 2**20
 

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from udcguard.purify.diffusion import Purifier, build_unet_preset, make_scheduler  # noqa: E402
+from udcguard.purify import Purifier, build_unet_preset, make_scheduler  # noqa: E402
 
 
 def reference(unet, scheduler, x: torch.Tensor, t_star: int, gen: torch.Generator) -> torch.Tensor:

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from udcguard.io.purifier_store import load_purifier  # noqa: E402
-from udcguard.purify.diffusion import Purifier, build_unet_preset, make_scheduler  # noqa: E402
-from udcguard.purify.samplers import unet_calls  # noqa: E402
+from udcguard.purify import Purifier, build_unet_preset, make_scheduler  # noqa: E402
+from udcguard.purify import unet_calls  # noqa: E402
 
 
 def load_images(path: str | None, n: int, px: int) -> torch.Tensor:

@@ -29,13 +29,9 @@ from udcguard.io.atomic import read_json, save_json
 from udcguard.io.datasets import INPUTS_FILE, TensorPairs, load_inputs, load_split, save_inputs
 from udcguard.io.subsets import stratified_subset
 from udcguard.io.purifier_store import load_purifier, save_purifier
-from udcguard.purify.diffusion import (
-    Purifier,
-    build_unet_preset,
-    diffusion_loss,
-    make_scheduler,
-)
 from udcguard.purify.guidance import LowFreqGuidance
+from udcguard.purify.purifier import Purifier
+from udcguard.purify.unet import build_unet_preset, diffusion_loss, make_scheduler
 from udcguard.train.augment import sample_batch
 
 

@@ -10,8 +10,7 @@ from tests.attacks.conftest import TinyRestorer
 from udcguard.attacks import PGD, AttackArgumentError, objective
 from udcguard.attacks.adaptive import DefendedModel
 from udcguard.attacks.base import Calls
-from udcguard.purify.diffusion import Purifier, build_unet, make_scheduler
-from udcguard.purify.samplers import ddim_purify_differentiable
+from udcguard.purify import Purifier, build_unet, make_scheduler
 
 T_STAR = 10
 
@@ -212,7 +211,7 @@ def _saved_bytes(purifier, x, steps: int, ckpt: bool) -> int:
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     xg = x.clone().requires_grad_(True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = ddim_purify_differentiable(purifier, xg, t_star=8, steps=steps, noise=noise, checkpoint=ckpt,
+        out = purifier.purify_differentiable(xg, t_star=8, steps=steps, noise=noise, checkpoint=ckpt,
                                          clamp="plain")
     out.sum().backward()  # the graph is usable
     return total
@@ -237,7 +236,7 @@ def test_one_step_chain_is_the_closed_form(purifier, x) -> None:
         z = a**0.5 * (2 * x - 1) + (1 - a) ** 0.5 * noise
         eps = purifier.unet(z, torch.full((2,), T_STAR)).sample
         x0 = ((z - (1 - a) ** 0.5 * eps) / a**0.5).clamp(-1, 1)
-        out = ddim_purify_differentiable(purifier, x, t_star=T_STAR, steps=1, noise=noise, clamp="plain")
+        out = purifier.purify_differentiable(x, t_star=T_STAR, steps=1, noise=noise, clamp="plain")
     torch.testing.assert_close(out, ((x0 + 1) / 2).clamp(0, 1))
 
 

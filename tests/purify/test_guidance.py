@@ -5,13 +5,14 @@ shift lowers the low-pass residual of x0_hat, and no gradient reaches the UNet."
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from udcguard.purify.diffusion import Purifier, build_unet, make_scheduler, to_model_space
-from udcguard.purify.guidance import LowFreqGuidance, gaussian_blur, guided_ddpm_purify, lowpass_mse
+from udcguard.purify import Purifier, build_unet, make_scheduler, to_model_space
+from udcguard.purify.guidance import LowFreqGuidance, gaussian_blur, lowpass_mse
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,6 +29,12 @@ def purifier() -> Purifier:
     torch.manual_seed(0)
     unet = build_unet(sample_size=16, block_out_channels=(8, 16), norm_num_groups=4)
     return Purifier(unet, make_scheduler(num_train_timesteps=100))
+
+
+def guided_ddpm_purify(purifier: Purifier, x: torch.Tensor, *, guidance: LowFreqGuidance | None = None,
+                       **kw) -> torch.Tensor:
+    """DDPM purification with the x0_hat form of the guidance (the step's z_t and eps)."""
+    return purifier.purify(x, guidance=None if guidance is None else replace(guidance, estimate="x0_hat"), **kw)
 
 
 def _scene(n: int, seed: int, size: int = 16) -> torch.Tensor:
@@ -127,7 +134,8 @@ def test_gaussian_blur_preserves_constants_and_smooths() -> None:
 
 
 def test_invalid_configurations_raise(purifier: Purifier) -> None:
-    for kw in ({"scale": -0.1}, {"scale": math.nan}, {"sigma_px": 0.0}, {"lowpass": "box"}, {"schedule": "cosine"}):
+    for kw in ({"scale": -0.1}, {"scale": math.nan}, {"sigma_px": 0.0}, {"lowpass": "box"}, {"schedule": "cosine"},
+               {"estimate": "x0"}):
         with pytest.raises(ValueError):
             LowFreqGuidance(**kw)
     with pytest.raises(ValueError, match="eps_fn"):

@@ -237,7 +237,7 @@ def test_builders_and_presets() -> None:
 
 def test_max_timestep_restricts_training_noise_levels() -> None:
     """With max_timestep, the loss only sees t <= max_timestep (checked via a recording UNet)."""
-    from udcguard.purify.diffusion import diffusion_loss, make_scheduler
+    from udcguard.purify import diffusion_loss, make_scheduler
 
     seen = []
 

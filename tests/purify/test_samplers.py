@@ -13,11 +13,11 @@ from diffusers import DDIMScheduler
 from udcguard.purify import (
     Purifier,
     build_unet,
-    ddim_purify_differentiable,
     ddim_step,
     ddim_timesteps,
     make_scheduler,
     resolve_t_star,
+    reverse_timesteps,
     unet_calls,
 )
 
@@ -85,7 +85,7 @@ def test_t_star_zero_is_identity_for_every_sampler(purifier: Purifier) -> None:
         for t in (0, 0.0):
             y = purifier.purify(x, t_star=t, seeds=[1, 2], **kw)
             assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
-    y = ddim_purify_differentiable(purifier, x, t_star=0, noise=torch.zeros(0))
+    y = purifier.purify_differentiable(x, t_star=0, noise=torch.zeros(0))
     assert torch.equal(y, x)
 
 
@@ -152,12 +152,12 @@ def test_differentiable_chain_equals_purify(purifier: Purifier) -> None:
     assert noise.shape == (2, 3, 16, 20)
     ref = purifier.purify(x, t_star=60, sampler="ddim", steps=4, seeds=[5, 6])
     for ck in (True, False):
-        y = ddim_purify_differentiable(purifier, x, t_star=60, steps=4, noise=noise, checkpoint=ck)
+        y = purifier.purify_differentiable(x, t_star=60, steps=4, noise=noise, checkpoint=ck)
         torch.testing.assert_close(y, ref, rtol=0, atol=1e-6)
     y = purifier.purify_differentiable(x, t_star=60, steps=4, noise=noise, clamp="plain")
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="padded shape"):
-        ddim_purify_differentiable(purifier, x, t_star=60, steps=4, noise=torch.zeros(2, 3, 13, 18))
+        purifier.purify_differentiable(x, t_star=60, steps=4, noise=torch.zeros(2, 3, 13, 18))
 
 
 def test_differentiable_chain_gradient_matches_finite_differences() -> None:
@@ -168,7 +168,7 @@ def test_differentiable_chain_gradient_matches_finite_differences() -> None:
     w = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
 
     def loss(inp: torch.Tensor) -> torch.Tensor:
-        y = ddim_purify_differentiable(p, inp, t_star=30, steps=3, noise=noise, clamp="plain", checkpoint=True)
+        y = p.purify_differentiable(inp, t_star=30, steps=3, noise=noise, clamp="plain", checkpoint=True)
         return (w * y).sum()
 
     (grad,) = torch.autograd.grad(loss(x), x)
@@ -187,14 +187,14 @@ def test_checkpointed_and_plain_gradients_agree(purifier: Purifier) -> None:
     noise = purifier.forward_noise(x, seeds=[1, 2])
     grads = []
     for ck in (True, False):
-        y = ddim_purify_differentiable(purifier, x, t_star=50, steps=3, noise=noise, checkpoint=ck)
+        y = purifier.purify_differentiable(x, t_star=50, steps=3, noise=noise, checkpoint=ck)
         (g,) = torch.autograd.grad(y.square().sum(), x)
         grads.append(g)
     assert grads[0].abs().max() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
     # straight-through and plain clamps give the same forward values
-    y_st = ddim_purify_differentiable(purifier, x, t_star=50, steps=3, noise=noise)
-    y_pl = ddim_purify_differentiable(purifier, x, t_star=50, steps=3, noise=noise, clamp="plain")
+    y_st = purifier.purify_differentiable(x, t_star=50, steps=3, noise=noise)
+    y_pl = purifier.purify_differentiable(x, t_star=50, steps=3, noise=noise, clamp="plain")
     assert torch.equal(y_st, y_pl)
 
 
@@ -213,7 +213,7 @@ def test_checkpointing_keeps_the_graph_small(purifier: Purifier) -> None:
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            ddim_purify_differentiable(purifier, x, t_star=40, steps=steps, noise=noise, checkpoint=ck)
+            purifier.purify_differentiable(x, t_star=40, steps=steps, noise=noise, checkpoint=ck)
         return total
 
     image = x.numel() * x.element_size()
@@ -222,11 +222,20 @@ def test_checkpointing_keeps_the_graph_small(purifier: Purifier) -> None:
     assert per_step_ck <= 8 * image < per_step_plain, (per_step_ck, per_step_plain, image)
 
 
+def test_reverse_timesteps_pair_each_step_with_the_next() -> None:
+    assert reverse_timesteps(3, "ddpm") == [(3, 2), (2, 1), (1, 0), (0, -1)]
+    assert reverse_timesteps(100, "ddim", 4) == [(100, 75), (75, 50), (50, 25), (25, -1)]
+    assert [t for t, _ in reverse_timesteps(12, "ddim")] == ddim_timesteps(12, 10)  # default: min(t*, 10) steps
+    with pytest.raises(ValueError, match="sampler"):
+        reverse_timesteps(10, "euler")
+
+
 def test_guidance_hook_sees_every_step(purifier: Purifier) -> None:
     seen = []
 
-    def hook(z, *, z_ref, t, abar):
-        assert z.shape == z_ref.shape == (1, 3, 16, 16)
+    def hook(z, *, z_ref, t, abar, step):
+        assert z.shape == z_ref.shape == step.z_t.shape == step.eps.shape == (1, 3, 16, 16)
+        assert step.t > t and step.abar_t == pytest.approx(float(purifier.scheduler.alphas_cumprod[step.t]))
         assert abar == (1.0 if t < 0 else pytest.approx(float(purifier.scheduler.alphas_cumprod[t])))
         seen.append(t)
         return z
@@ -239,7 +248,7 @@ def test_guidance_hook_sees_every_step(purifier: Purifier) -> None:
     purifier.purify(x, t_star=4, seeds=[1], guidance=hook)
     assert seen == [3, 2, 1, 0, -1]
     seen.clear()
-    pulled = purifier.purify(x, t_star=9, seeds=[1], guidance=lambda z, z_ref, t, abar: z_ref * math.sqrt(abar))
+    pulled = purifier.purify(x, t_star=9, seeds=[1], guidance=lambda z, z_ref, t, abar, step: z_ref * math.sqrt(abar))
     torch.testing.assert_close(pulled, x, rtol=0, atol=1e-6)  # a hook that returns the input's mean
 
 

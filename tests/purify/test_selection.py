@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from udcguard.metrics.image import psnr
-from udcguard.purify.diffusion import Purifier, build_unet, make_scheduler
+from udcguard.purify import Purifier, build_unet, make_scheduler
 from udcguard.purify.selection import psnr_curve, psnr_evaluator, select_t_star
 
 

@@ -42,9 +42,9 @@ called N times by :meth:`udcguard.attacks.base.Calls.value` and
 :meth:`~udcguard.attacks.base.Calls.value_and_grad`, which average the values and gradients
 (and count N queries and N backward passes).
 
-The DDIM chain is the purifier's own (:mod:`udcguard.purify.samplers`: the eta-0 DDIM of
+The DDIM chain is the purifier's own (:mod:`udcguard.purify.schedule`: the eta-0 DDIM of
 Song et al., arXiv 2010.02502, on ``ddim_timesteps(t*, k)``, differentiable through
-:func:`~udcguard.purify.samplers.ddim_purify_differentiable` with one
+:func:`~udcguard.purify.purifier.Purifier.purify_differentiable` with one
 ``torch.utils.checkpoint`` segment per UNet call).
 """
 
@@ -57,8 +57,8 @@ import torch
 from torch import Tensor
 
 from udcguard.attacks.base import AttackArgumentError
-from udcguard.purify.diffusion import Purifier
-from udcguard.purify.samplers import ddim_purify_differentiable, resolve_t_star
+from udcguard.purify.purifier import Purifier
+from udcguard.purify.schedule import resolve_t_star
 
 #: Valid values of ``mode``.
 MODES = ("bpda", "eot", "full")
@@ -104,7 +104,7 @@ class DefendedModel:
       :class:`~udcguard.attacks.base.Calls` average values and gradients over N calls (N
       independent noise draws) per attack step.
     - "full": exact gradients through the k-step eta-0 DDIM chain
-      (:func:`~udcguard.purify.samplers.ddim_purify_differentiable`) from t*, forward
+      (:func:`~udcguard.purify.purifier.Purifier.purify_differentiable`) from t*, forward
       noise at t* drawn per call, gradient checkpointing. Both the forward and the gradient
       are those of the DDIM chain, not of the t*-step DDPM (a surrogate of the deployed
       sampler with the same UNet and schedule; re-score x_adv on the deployed one).
@@ -112,12 +112,12 @@ class DefendedModel:
     Args:
         restorer_fn: f(x) -> Tensor, the restorer (set eval()); differentiated w.r.t. its
             input in every mode.
-        purifier: :class:`~udcguard.purify.diffusion.Purifier` (UNet + DDPM scheduler).
+        purifier: :class:`~udcguard.purify.purifier.Purifier` (UNet + DDPM scheduler).
             Freeze its UNet (``unet.requires_grad_(False)``) so that "full" backward passes
             do not also compute weight gradients (the attacks only read input gradients).
         t_star: diffusion timestep t* in [0, T - 1] (int, out of T train timesteps) or a
             float fraction of the schedule in [0, 1)
-            (:func:`~udcguard.purify.samplers.resolve_t_star`); 0: no purification
+            (:func:`~udcguard.purify.schedule.resolve_t_star`); 0: no purification
             (identity; every mode is then the plain restorer).
         mode: "bpda", "eot" or "full" (above).
         eot_samples: N >= 1, noise draws averaged per attack step; N > 1 only with "eot".
@@ -257,8 +257,7 @@ class DefendedModel:
             return x
         if self.backward == "full":
             noise = self.purifier.forward_noise(x, generator=self.generator)
-            return ddim_purify_differentiable(
-                self.purifier,
+            return self.purifier.purify_differentiable(
                 x,
                 t_star=self.t_star,
                 steps=self.ddim_steps,

@@ -18,7 +18,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from udcguard.errors import UdcGuardError
-from udcguard.purify.diffusion import Purifier, make_scheduler
+from udcguard.purify.purifier import Purifier
+from udcguard.purify.unet import make_scheduler
 
 _WEIGHTS = "diffusion_pytorch_model.safetensors"
 

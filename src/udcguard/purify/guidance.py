@@ -37,12 +37,13 @@ LP (``lowpass``): ``"gaussian"``, a separable Gaussian blur of ``sigma_px`` pixe
 ``pool_factor`` followed by nearest upsampling (the orthogonal projection onto
 block-constant images, ILVR's filter without its bicubic kernel).
 
-Two entry points. :func:`guided_ddpm_purify` runs ``Purifier.purify``'s DDPM chain with
-the shift above (eps is at hand there). A :class:`LowFreqGuidance` is also a
-``udcguard.purify.samplers.Guidance`` hook (:meth:`LowFreqGuidance.__call__`) for
-``Purifier.purify(..., guidance=)`` (DDPM, DDIM, tiled) and the differentiable DDIM chain;
-that hook sees only the new sample, so it uses x0 ~ z_t / sqrt(abar_t) (GDMP's comparison
-with the diffused input) in place of x0_hat, with the same loss and ``scale``.
+A :class:`LowFreqGuidance` is a :class:`~udcguard.purify.purifier.Guidance` hook, for
+``Purifier.purify(..., guidance=)`` (DDPM, DDIM, tiled) and ``Purifier.purify_differentiable``:
+the purifier's one reverse loop calls it after every step. ``estimate="x0_hat"`` applies the
+shift above (the hook is handed the step's z_t and eps); ``estimate="sample"`` (the default)
+uses only the new sample, x0 ~ z_t / sqrt(abar_t) (GDMP's comparison with the diffused input),
+with the same loss and ``scale``, and no inner autograd call, so that it is differentiable
+inside an autograd chain.
 
 The caveat: guidance pulls towards the attacked input, so an attack's low-frequency part
 survives in proportion to ``scale``; it is a fidelity knob, to be scored under the same
@@ -52,15 +53,16 @@ survives in proportion to ``scale``; it is a fidelity knob, to be scored under t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from udcguard.purify.diffusion import Purifier, from_model_space, to_model_space
+if TYPE_CHECKING:
+    from udcguard.purify.purifier import ReverseStep
 
 EpsFn = Callable[[Tensor], Tensor]
 
@@ -78,7 +80,11 @@ class LowFreqGuidance:
         lowpass: ``"gaussian"`` or ``"pool"``.
         pool_factor: block size in pixels of ``lowpass="pool"``.
         schedule: per-step weight w_t: ``"constant"`` or ``"sqrt_one_minus_abar"``.
-        through_unet: differentiate through eps_theta (DPS) instead of holding eps fixed.
+        through_unet: differentiate through eps_theta (DPS) instead of holding eps fixed
+            (``estimate="x0_hat"`` only).
+        estimate: the x0 the hook compares with the input: ``"sample"`` (z_t / sqrt(abar_t),
+            from the new sample alone) or ``"x0_hat"`` (the step's x0_hat from z_t and eps:
+            :meth:`shift`).
     """
 
     scale: float = 0.0
@@ -87,6 +93,7 @@ class LowFreqGuidance:
     pool_factor: int = 4
     schedule: Literal["constant", "sqrt_one_minus_abar"] = "constant"
     through_unet: bool = False
+    estimate: Literal["sample", "x0_hat"] = "sample"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale >= 0):
@@ -99,6 +106,8 @@ class LowFreqGuidance:
             raise ValueError(f"pool_factor must be >= 1, got {self.pool_factor}")
         if self.schedule not in ("constant", "sqrt_one_minus_abar"):
             raise ValueError(f"schedule must be 'constant' or 'sqrt_one_minus_abar', got {self.schedule!r}")
+        if self.estimate not in ("sample", "x0_hat"):
+            raise ValueError(f"estimate must be 'sample' or 'x0_hat', got {self.estimate!r}")
 
     @property
     def active(self) -> bool:
@@ -164,13 +173,16 @@ class LowFreqGuidance:
         step = self.scale * self.weight(abar_t) * math.sqrt(abar_t * abar_prev)
         return (-step * grad).detach()
 
-    def __call__(self, z: Tensor, *, z_ref: Tensor, t: int, abar: float) -> Tensor:
-        """The post-step hook of ``udcguard.purify.samplers.Guidance`` (``Purifier.purify``'s
-        ``guidance=``, DDPM or DDIM, and ``ddim_purify_differentiable``).
+    def __call__(self, z: Tensor, *, z_ref: Tensor, t: int, abar: float, step: ReverseStep) -> Tensor:
+        """The post-step hook of :class:`~udcguard.purify.purifier.Guidance` (the purifier's reverse
+        loop, DDPM or DDIM, with or without gradients).
 
-        The hook sees the new sample z_t but not eps, so x0 is estimated as z_t / sqrt(abar)
-        (the noise averages out under the low-pass): with the same loss and the same
-        unit-free ``scale`` as :meth:`shift`,
+        ``estimate="x0_hat"``: z + :meth:`shift` of the step (z_t, eps and t from ``step``; DDPM or
+        DDIM alike; ``through_unet`` differentiates ``step.eps_fn``).
+
+        ``estimate="sample"``: the hook uses the new sample z_t alone, so x0 is estimated as
+        z_t / sqrt(abar) (the noise averages out under the low-pass): with the same loss and the
+        same unit-free ``scale`` as :meth:`shift`,
 
             z <- z - scale * w_t * LP(LP(z - sqrt(abar) z_ref))
 
@@ -179,13 +191,16 @@ class LowFreqGuidance:
         and for the symmetric Gaussian away from the border). Plain torch, no inner
         autograd call: differentiable w.r.t. z and z_ref inside an autograd chain. It also
         pulls the low-pass part of the sample's noise towards 0 (small for a few pixels of
-        blur); :func:`guided_ddpm_purify` uses the x0_hat form instead.
+        blur).
 
         Shape:
             z, z_ref (B, 3, H, W) -> (B, 3, H, W); ``z`` itself when ``scale == 0``.
         """
         if not self.active:
             return z
+        if self.estimate == "x0_hat":
+            return z + self.shift(step.z_t, step.eps, z_ref, alpha_bar_t=step.abar_t, alpha_bar_prev=abar,
+                                  eps_fn=step.eps_fn, clip_range=step.clip)
         a = float(abar)
         r = self.lowpass_filter(self.lowpass_filter(z - math.sqrt(a) * z_ref))  # (B, 3, H, W)
         return z - self.scale * self.weight(a) * r
@@ -224,95 +239,3 @@ def _block_mean(z: Tensor, s: int) -> Tensor:
 def lowpass_mse(a: Tensor, b: Tensor, guidance: LowFreqGuidance) -> Tensor:
     """Mean squared difference of the low-pass views, per image: (B, C, H, W) x2 -> (B,)."""
     return (guidance.lowpass_filter(a) - guidance.lowpass_filter(b)).square().flatten(1).mean(1)
-
-
-@torch.no_grad()
-def guided_ddpm_purify(
-    purifier: Purifier,
-    x: Tensor,
-    *,
-    t_star: int,
-    seeds: Sequence[int] | None = None,
-    guidance: LowFreqGuidance | None = None,
-    generator: torch.Generator | None = None,
-    batch_size: int | None = None,
-) -> Tensor:
-    """DDPM purification (``Purifier.purify``) with low-frequency input guidance.
-
-    The same chain as :meth:`Purifier.purify` (same padding, chunking and noise draws, in
-    the same order: one ``randn_tensor`` for the forward noise, then one per reverse step
-    with t > 0), with :meth:`LowFreqGuidance.shift` added to each step's ``prev_sample``;
-    the guidance draws no random numbers. ``guidance=None`` or ``scale=0`` gives exactly
-    ``purifier.purify(x, t_star=t_star, seeds=seeds)``.
-
-    Args:
-        purifier: its ``unet`` and ``scheduler`` (``set_timesteps`` is called) are used.
-        x: images in [0, 1], the guidance reference as well.
-        t_star: diffusion timestep in [0, T - 1] or a float fraction of the schedule
-            (``Purifier._check_t``); 0 returns a clone of ``x``.
-        seeds: one seed per image (exclusive with ``generator``).
-        guidance: the guidance term; None: unguided.
-        generator: one generator for the whole batch (exclusive with ``seeds``).
-        batch_size: images per UNet call; default all at once.
-
-    Shape:
-        (B, 3, H, W) -> (B, 3, H, W). Cost: t* + 1 UNet calls per chunk (twice that, plus
-        a backward pass, with ``through_unet``).
-    """
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected (B, 3, H, W) images, got {tuple(x.shape)}")
-    t_star = purifier._check_t(t_star)
-    if (generator is None) == (seeds is None) and t_star != 0:
-        raise ValueError("pass exactly one of generator= or seeds=")
-    if seeds is not None and len(seeds) != x.shape[0]:
-        raise ValueError(f"{len(seeds)} seeds for {x.shape[0]} images")
-    if t_star == 0:
-        return x.clone()
-    unet = purifier.unet
-    device, dtype = purifier.place
-    gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds] if seeds is not None else None
-    bs = batch_size or x.shape[0]
-    was_training = unet.training
-    unet.eval()
-    try:
-        outs = []
-        for i in range(0, x.shape[0], bs):
-            xi, (h, w) = purifier.pad(x[i : i + bs].to(device=device, dtype=dtype))  # (b, 3, H', W')
-            g = gens[i : i + bs] if gens is not None else generator
-            zi = _guided_chain(purifier, to_model_space(xi), t_star, g, guidance)
-            outs.append(from_model_space(zi)[..., :h, :w])
-    finally:
-        unet.train(was_training)
-    return torch.cat(outs).to(device=x.device, dtype=x.dtype)
-
-
-def _guided_chain(
-    purifier: Purifier,
-    z_ref: Tensor,
-    t_star: int,
-    generator: torch.Generator | list[torch.Generator],
-    guidance: LowFreqGuidance | None,
-) -> Tensor:
-    """The DDPM chain of ``Purifier.purify`` (same calls, same draws) plus the x0_hat shift."""
-    sched = purifier.scheduler
-    zt = purifier.diffuse(z_ref, t_star=t_star, generator=generator)  # (b, 3, H', W')
-    sched.set_timesteps(purifier.num_train_timesteps)  # full schedule T-1 .. 0
-    active = guidance is not None and guidance.active
-    abar = sched.alphas_cumprod
-    clip = float(sched.config.clip_sample_range) if sched.config.clip_sample else None
-    for t in sched.timesteps[sched.timesteps <= t_star]:  # t*, ..., 0
-        eps = purifier.eps(zt, t)  # (b, 3, H', W')
-        prev = sched.step(eps, t, zt, generator=generator).prev_sample  # the draw for t > 0
-        if active:
-            tp = int(t) - 1  # DDPM over every timestep; abar_{-1} = 1 (diffusers' ``one``)
-            prev = prev + guidance.shift(
-                zt,
-                eps,
-                z_ref,
-                alpha_bar_t=float(abar[int(t)]),
-                alpha_bar_prev=float(abar[tp]) if tp >= 0 else 1.0,
-                eps_fn=lambda z, t=t: purifier.eps(z, t),
-                clip_range=clip,
-            )
-        zt = prev
-    return zt
