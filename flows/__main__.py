@@ -12,13 +12,14 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import yaml
 
 import flows  # noqa: F401  (sets offline/telemetry environment defaults)
 from flows import local_server
+from flows.stages import BY_NAME, STAGES, Stage
 from udcguard.errors import UdcGuardError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -49,7 +50,9 @@ def _overrides(items: list[str] | None) -> dict[str, object]:
     return out
 
 
-def _run(fn, params_path: Path, sets: list[str] | None, restorer: str | None = None, **kwargs) -> None:
+def _run(load_flow, params_path: Path, sets: list[str] | None, restorer: str | None = None, **kwargs) -> None:
+    """Check params (and the restorer), then run the flow ``load_flow()`` returns on the Prefect server;
+    bad input: one line and exit 2, no Prefect server: exit 1."""
     try:
         overrides = _overrides(sets)
         from udcguard.config import load_params  # imports torch: not at CLI start (remote commands)
@@ -61,10 +64,16 @@ def _run(fn, params_path: Path, sets: list[str] | None, restorer: str | None = N
         for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_OneLineUserErrors())
         with _prefect_api():
-            fn(params_path=str(params_path), overrides=overrides, **kwargs)
-    except (UdcGuardError, local_server.ServerError) as err:  # bad input: 2; no Prefect server: 1
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2 if isinstance(err, UdcGuardError) else 1) from None
+            load_flow()(params_path=str(params_path), overrides=overrides, **kwargs)
+    except UdcGuardError as err:
+        _exit(err)
+
+
+def _exit(err: UdcGuardError) -> NoReturn:
+    """The one way a command fails on a known error: one line, the error's exit code (bad input 2, a
+    service such as the S3 store or the Prefect server 1)."""
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(err.exit_code) from None
 
 
 @contextlib.contextmanager
@@ -85,81 +94,23 @@ def _prefect_api() -> Iterator[None]:
 RestorerOpt = Annotated[str, typer.Option("--restorer", "-r", help="restorer name from params.yaml")]
 
 
-@app.command("synthesize")
-def synthesize(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data")) -> None:
-    """Simulate the PSF bank and synthesise UDC pairs (data/psf, data/udc)."""
-    from flows.synthesize import synthesize as flow
-
-    _run(flow, params, set_, data_dir=str(data_dir))
-
-
-@app.command("train_restorer")
-def train_restorer(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-                   data_dir: DataOpt = Path("data")) -> None:
-    """Train one restorer (data/models/<restorer>); resumes after a kill."""
-    from flows.train import train_restorer_flow as flow
-
-    _run(flow, params, set_, data_dir=str(data_dir), restorer=restorer)
+def _stage_command(stage: Stage) -> None:
+    """Register ``python -m flows <stage>`` (with ``--restorer`` for a per-restorer stage) from the table."""
+    if stage.per_restorer:
+        def command(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+                    data_dir: DataOpt = Path("data")) -> None:
+            _run(stage.load, params, set_, data_dir=str(data_dir), restorer=restorer)
+    else:
+        def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,  # type: ignore[misc]
+                    data_dir: DataOpt = Path("data")) -> None:
+            _run(stage.load, params, set_, data_dir=str(data_dir))
+    command.__doc__ = stage.help
+    app.command(stage.name)(command)
 
 
-@app.command("train_purifier")
-def train_purifier(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data")) -> None:
-    """Train the diffusion purifier (data/purifier); resumes after a kill."""
-    from flows.train import train_purifier_flow as flow
-
-    _run(flow, params, set_, data_dir=str(data_dir))
-
-
-@app.command("attack")
-def attack(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-           data_dir: DataOpt = Path("data")) -> None:
-    """Adversarial inputs at every eps level (data/attacks/<restorer>)."""
-    from flows.defend import attack_flow as flow
-
-    _run(flow, params, set_, data_dir=str(data_dir), restorer=restorer)
-
-
-@app.command("select_tstar")
-def select_tstar(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data")) -> None:
-    """PSNR-vs-t* trade-off on a val slice; picks t* when purify.t_star is auto (data/tstar.json)."""
-    from flows.defend import select_tstar_flow as flow
-
-    _run(flow, params, set_, data_dir=str(data_dir))
-
-
-@app.command("adaptive")
-def adaptive(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-             data_dir: DataOpt = Path("data")) -> None:
-    """Adaptive attacks through the purifier: BPDA, EOT, full gradients (data/adaptive/<restorer>)."""
-    from flows.defend import adaptive_flow as flow
-
-    _run(flow, params, set_, data_dir=str(data_dir), restorer=restorer)
-
-
-@app.command("purify")
-def purify(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-           data_dir: DataOpt = Path("data")) -> None:
-    """Purify the clean and adversarial inputs of a restorer (data/purified/<restorer>)."""
-    from flows.defend import purify_flow as flow
-
-    _run(flow, params, set_, data_dir=str(data_dir), restorer=restorer)
-
-
-@app.command("purify_train")
-def purify_train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data")) -> None:
-    """Purify train inputs at the fine-tuning strengths (data/purified_train)."""
-    from flows.defend import purify_train_flow as flow
-
-    _run(flow, params, set_, data_dir=str(data_dir))
-
-
-@app.command("finetune")
-def finetune(restorer: RestorerOpt, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-             data_dir: DataOpt = Path("data")) -> None:
-    """Fine-tune a restorer on purified inputs (data/finetuned/<restorer>); registers it in MLflow."""
-    from flows.train import finetune_flow as flow
-
-    _run(flow, params, set_, data_dir=str(data_dir), restorer=restorer)
+for _stage in STAGES:
+    if _stage.name not in ("evaluate", "report"):  # those two take more options: below
+        _stage_command(_stage)
 
 
 @app.command("evaluate")
@@ -168,9 +119,7 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_
              pairs: Annotated[Path | None, typer.Option("--pairs", help="your folder of pairs (manifest.json + gt/lq)")] = None,
              out: Annotated[Path | None, typer.Option("--out", help="where --pairs results go")] = None) -> None:
     """Score every (restorer, attack, eps, defence) -> reports/; or your own pairs with --pairs DIR --out DIR."""
-    from flows.evaluate import evaluate_flow as flow
-
-    _run(flow, params, set_, data_dir=str(data_dir), reports_dir=str(reports_dir),
+    _run(BY_NAME["evaluate"].load, params, set_, data_dir=str(data_dir), reports_dir=str(reports_dir),
          pairs=str(pairs) if pairs else None, out=str(out) if out else None)
 
 
@@ -178,9 +127,7 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_
 def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data"),
            reports_dir: Annotated[Path, typer.Option("--reports-dir")] = Path("reports")) -> None:
     """Render reports/index.html (self-contained) and log it to MLflow."""
-    from flows.evaluate import report_flow as flow
-
-    _run(flow, params, set_, data_dir=str(data_dir), reports_dir=str(reports_dir))
+    _run(BY_NAME["report"].load, params, set_, data_dir=str(data_dir), reports_dir=str(reports_dir))
 
 
 @app.command("pipeline")
@@ -188,7 +135,10 @@ def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_
              dispatch: Annotated[bool, typer.Option("--dispatch", help="run each stage as its Prefect deployment "
                                                     "on the cpu/gpu work pools")] = False) -> None:
     """Run every stage in order (same outputs as `dvc repro`)."""
-    from flows.pipeline import pipeline as flow
+    def flow():
+        from flows.pipeline import pipeline
+
+        return pipeline
 
     _run(flow, params, set_, data_dir=str(data_dir), dispatch=dispatch)
 
@@ -201,8 +151,7 @@ def check_params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -
     try:
         p = load_params(params, _overrides(set_))
     except UdcGuardError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        _exit(err)
     typer.echo(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False))
 
 
@@ -218,16 +167,10 @@ DelayOpt = Annotated[float, typer.Option("--retry-delay", envvar="UDCGUARD_S3_RE
 
 
 def _storage(fn, *args, **kwargs) -> None:
-    from tasks.storage import StorageError
-
     try:
         typer.echo(fn(*args, **kwargs))
-    except StorageError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
-    except UdcGuardError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    except UdcGuardError as err:  # StorageError: a ServiceError, exit 1
+        _exit(err)
 
 
 @remote_app.command("setup")

@@ -12,7 +12,8 @@ from prefect import flow
 import tasks.attack
 import tasks.shards
 from tasks.attack import attack_restorer
-from tasks.common import Paths, file_digest, fingerprint, upstream
+from flows.stages import BY_NAME
+from tasks.common import Paths, file_digest
 from tasks.tracking import stage_run
 from udcguard.config import load_params
 from udcguard.io.atomic import save_json, staged_output
@@ -26,8 +27,7 @@ def attack_flow(restorer: str, params_path: str = "params.yaml", overrides: dict
     params.restorer(restorer)
     attacks = ",".join(a.id for a in params.attack.attacks)
     with stage_run("attack", params, params_path, tags={"restorer": restorer, "attacks": attacks}) as run:
-        fp = fingerprint(params, "attack", "lpips", extra=restorer + shard_code(tasks.attack),
-                         upstream=upstream(paths, "attack", restorer))
+        fp = BY_NAME["attack"].fingerprint(params, restorer, extra=restorer + shard_code(tasks.attack), data_dir=data_dir)
         with staged_output(paths.attacks(restorer), fp) as out:
             info = attack_restorer(params, restorer, data_dir, str(out))
         run.log_metrics(info)
@@ -43,8 +43,8 @@ def purify_flow(restorer: str, params_path: str = "params.yaml", overrides: dict
 
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     with stage_run("purify", params, params_path, tags={"restorer": restorer}) as run:
-        fp = fingerprint(params, "purify", "attack", "lpips",
-                         extra=restorer + shard_code(tasks.purification), upstream=upstream(paths, "purify", restorer))
+        fp = BY_NAME["purify"].fingerprint(params, restorer, extra=restorer + shard_code(tasks.purification),
+                                           data_dir=data_dir)
         with staged_output(paths.purified(restorer), fp) as out:
             sets = tasks.purification.purify_sets(params, restorer, data_dir, str(out))
         run.log_metrics({"sets": len(sets)})
@@ -59,8 +59,7 @@ def purify_train_flow(params_path: str = "params.yaml", overrides: dict[str, Any
 
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     with stage_run("purify_train", params, params_path) as run:
-        fp = fingerprint(params, "purify", "finetune", extra=shard_code(tasks.purification),
-                         upstream=upstream(paths, "purify_train"))
+        fp = BY_NAME["purify_train"].fingerprint(params, extra=shard_code(tasks.purification), data_dir=data_dir)
         with staged_output(paths.purified_train, fp) as out:
             strengths = tasks.purification.purify_train_set(params, data_dir, str(out))
         run.log_metrics({"strengths": len(strengths)})
@@ -98,8 +97,7 @@ def adaptive_flow(restorer: str, params_path: str = "params.yaml", overrides: di
 
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     params.restorer(restorer)
-    fp = fingerprint(params, "attack", "adaptive", "purify", "lpips", extra=restorer,
-                     upstream=upstream(paths, "adaptive", restorer))
+    fp = BY_NAME["adaptive"].fingerprint(params, restorer, extra=restorer, data_dir=data_dir)
     with stage_run("adaptive", params, params_path, tags={"restorer": restorer}) as run:
         with staged_output(paths.adaptive(restorer), fp) as out:
             info = adaptive_attacks(params, restorer, data_dir, str(out))

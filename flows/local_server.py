@@ -37,6 +37,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from udcguard.errors import ServiceError
+
 MODE_ENV = "UDCGUARD_PREFECT_SERVER"
 IDLE_ENV = "UDCGUARD_PREFECT_IDLE_S"
 MODES = ("shared", "ephemeral")
@@ -52,7 +54,7 @@ QUIET_SERVICES = {f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in
     "CLEANUP_RECONCILER", "TRIGGERS")}
 
 
-class ServerError(RuntimeError):
+class ServerError(ServiceError):
     """The shared server could not be started (the message names its log)."""
 
 

@@ -15,34 +15,18 @@ from typing import Any
 
 from prefect import flow
 
-from flows.defend import adaptive_flow, attack_flow, purify_flow, purify_train_flow, select_tstar_flow
-from flows.evaluate import evaluate_flow, report_flow
-from flows.synthesize import synthesize
-from flows.train import finetune_flow, train_purifier_flow, train_restorer_flow
+from flows.stages import BY_NAME
 from udcguard.config import load_params
 from udcguard.errors import UdcGuardError
 
-#: stage -> (flow, work pool); the deployment of a stage is ``<stage>/<stage>`` in prefect.yaml.
-STAGES: dict[str, tuple[Callable, str]] = {
-    "synthesize": (synthesize, "cpu"),
-    "train_restorer": (train_restorer_flow, "gpu"),
-    "train_purifier": (train_purifier_flow, "gpu"),
-    "purify_train": (purify_train_flow, "gpu"),
-    "select_tstar": (select_tstar_flow, "gpu"),
-    "attack": (attack_flow, "gpu"),
-    "purify": (purify_flow, "gpu"),
-    "finetune": (finetune_flow, "gpu"),
-    "adaptive": (adaptive_flow, "gpu"),
-    "evaluate": (evaluate_flow, "cpu"),
-    "report": (report_flow, "cpu"),
-}
 RESTORER_CHAIN = ("finetune", "attack", "purify", "adaptive")  # gray-box sets attack the fine-tuned restorer
 
 
 def run_stage(stage: str, dispatch: bool, **parameters: Any) -> Any:
-    """Call a stage's flow in process, or run its deployment and wait (error unless it completed)."""
+    """Call a stage's flow in process, or run its deployment ``<stage>/<stage>`` (prefect.yaml, on the
+    stage's work pool) and wait (error unless it completed)."""
     if not dispatch:
-        return STAGES[stage][0](**parameters)
+        return BY_NAME[stage].load()(**parameters)
     from prefect.deployments import run_deployment
 
     run = run_deployment(f"{stage}/{stage}", parameters=parameters, timeout=None)

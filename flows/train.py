@@ -6,7 +6,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from tasks.common import Paths, file_digest, fingerprint, upstream
+from flows.stages import BY_NAME
+from tasks.common import Paths, file_digest
 from tasks.tracking import stage_run
 from tasks.train import finetune_restorer, train_restorer
 from udcguard.config import DistributedParams, load_params
@@ -19,8 +20,8 @@ def train_restorer_flow(restorer: str, params_path: str = "params.yaml", overrid
     """Train ``restorer`` -> data/models/<restorer>/ (safetensors + spec + history)."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     spec = params.restorer(restorer)
-    fp = fingerprint(params, "seed", "train", extra=repr(spec) + file_digest(spec.weights),
-                     upstream=upstream(paths, "train_restorer"))
+    fp = BY_NAME["train_restorer"].fingerprint(params, restorer, extra=repr(spec) + file_digest(spec.weights),
+                                               data_dir=data_dir)
     with stage_run("train_restorer", params, params_path, tags={"restorer": restorer}) as run:
         with staged_output(paths.model(restorer), fp) as out:
             info = train_restorer(params, restorer, data_dir, str(out), fp, run.run_id)
@@ -37,7 +38,7 @@ def train_purifier_flow(params_path: str = "params.yaml", overrides: dict[str, A
     from tasks.purification import train_purifier  # here: the restorer stages never load diffusers
 
     params, paths = load_params(params_path, overrides), Paths(data_dir)
-    fp = fingerprint(params, "seed", "purifier", upstream=upstream(paths, "train_purifier"))
+    fp = BY_NAME["train_purifier"].fingerprint(params, data_dir=data_dir)
     with stage_run("train_purifier", params, params_path) as run:
         with staged_output(paths.purifier, fp) as out:
             info = train_purifier(params, data_dir, str(out), fp, run.run_id)
@@ -52,8 +53,8 @@ def finetune_flow(restorer: str, params_path: str = "params.yaml", overrides: di
     """Fine-tune ``restorer`` on purified inputs -> data/finetuned/<restorer>/, registered in MLflow."""
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     launch_free = params.finetune.model_copy(update={"distributed": DistributedParams()})  # resumes under any nproc
-    fp = fingerprint(params.model_copy(update={"finetune": launch_free}), "seed", "finetune", extra=restorer,
-                     upstream=upstream(paths, "finetune", restorer))
+    fp = BY_NAME["finetune"].fingerprint(params.model_copy(update={"finetune": launch_free}), restorer, extra=restorer,
+                                         data_dir=data_dir)
     with stage_run("finetune", params, params_path, tags={"restorer": restorer}) as run:
         with staged_output(paths.finetuned(restorer), fp) as out:
             info = finetune_restorer(params, restorer, data_dir, str(out), fp, run.run_id)

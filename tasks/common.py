@@ -37,8 +37,10 @@ def fingerprint(params: Params, *sections: str, extra: str = "", upstream: Itera
     """Hash of params sections, udcguard's source and the content of the ``upstream`` DVC outputs a stage
     reads: a staging dir or checkpoint is reused only if equal."""
     h = hashlib.sha256(extra.encode())
-    for s in sections:
-        value = getattr(params, s)
+    for s in sections:  # "purifier" or a dotted sub-key, "purifier.max_timestep"
+        value = params
+        for part in s.split("."):
+            value = getattr(value, part)
         h.update(value.model_dump_json().encode() if hasattr(value, "model_dump_json") else repr(value).encode())
     for f in sorted(Path(udcguard.__file__).parent.rglob("*.py")):
         h.update(f.read_bytes())
@@ -66,20 +68,6 @@ def _content_files(path: Path) -> list[Path]:
     if (path / MANIFEST).is_file():
         return [path / MANIFEST]
     return [f for c in sorted(path.iterdir()) if not c.name.startswith(".") for f in _content_files(c)]
-
-
-def upstream(paths: Paths, stage: str, restorer: str = "") -> list[Path]:
-    """The DVC outputs a resumable stage reads (its data deps in dvc.yaml; a test says so)."""
-    models, udc, psf, purifier = paths.data / "models", paths.udc, paths.psf, paths.purifier
-    return {
-        "train_restorer": [udc, psf],
-        "train_purifier": [udc],
-        "purify_train": [udc, purifier, paths.tstar],  # strengths follow the selected t*
-        "attack": [models, paths.finetuned(restorer), udc, psf],  # all restorers (transfer); fine-tuned: gray-box
-        "purify": [paths.attacks(restorer), purifier, paths.tstar],
-        "finetune": [paths.model(restorer), paths.purified_train, udc, psf],
-        "adaptive": [paths.model(restorer), paths.finetuned(restorer), purifier, paths.tstar, udc, psf],
-    }[stage]
 
 
 def file_digest(path: str | Path | None) -> str:

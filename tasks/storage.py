@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from udcguard.errors import UdcGuardError
+from udcguard.errors import ServiceError
 
 T = TypeVar("T")
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
@@ -30,7 +30,7 @@ SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"
 _MD5_KEY = re.compile(r"^([0-9a-f]{2})/([0-9a-f]{30})(\.dir)?$")
 
 
-class StorageError(UdcGuardError):
+class StorageError(ServiceError):
     """The S3 store is unreachable, refuses access, or holds a bad object; names the endpoint/key."""
 
 

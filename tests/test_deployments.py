@@ -34,15 +34,16 @@ def test_prefect_yaml_deploys_every_stage_on_its_pool() -> None:
     import importlib
     import inspect
 
-    from flows.pipeline import STAGES
+    from flows.stages import BY_NAME
 
     deps = _deployments()
-    assert set(deps) == set(STAGES) | {"pipeline"}
+    assert set(deps) == set(BY_NAME) | {"pipeline"}
     for name, d in deps.items():
         module, func = d["entrypoint"].split(":")
         fn = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
         assert fn.name == name  # deployment '<stage>/<stage>' is what the pipeline dispatches to
-        pool = "gpu" if name == "pipeline" else STAGES[name][1]
+        pool = "gpu" if name == "pipeline" else BY_NAME[name].pool
+        assert name == "pipeline" or d["entrypoint"].replace(".py:", ":").replace("/", ".") == BY_NAME[name].flow
         assert d["work_pool"]["name"] == pool, name
         sig = inspect.signature(fn.fn)
         assert set(d["parameters"]) <= set(sig.parameters), name  # every default parameter exists on the flow

@@ -2,8 +2,8 @@
 lists exactly the params and code it depends on"), and its params keys exist in params.yaml.
 
 A stage's code is the static import closure (``ast``; imports inside functions included,
-``if TYPE_CHECKING:`` blocks skipped) of the flow module its ``python -m flows <stage>`` CLI
-command imports, plus modules named in strings ("tasks.attack:attack_shard" for shard
+``if TYPE_CHECKING:`` blocks skipped) of the flow module that flows/stages.py names for its
+``python -m flows <stage>`` command, plus modules named in strings ("tasks.attack:attack_shard" for shard
 workers, "tasks.ddp_finetune" for torchrun). The CLI module itself and the top-level package
 ``__init__`` files (docstrings, a version, offline env defaults) are generic and exempt.
 """
@@ -21,6 +21,7 @@ from tests.conftest import REPO
 
 ROOTS = {"flows": REPO / "flows", "tasks": REPO / "tasks", "udcguard": REPO / "src" / "udcguard"}
 EXEMPT = {"flows/__main__.py", "flows/__init__.py", "tasks/__init__.py", "src/udcguard/__init__.py"}
+TABLE = REPO / "flows" / "stages.py"  # names every stage's flow in a string: each stage's own comes from cli_imports
 MODULE_STRING = re.compile(r"((?:flows|tasks|udcguard)(?:\.\w+)+)(?::\w+)?")
 
 
@@ -72,7 +73,7 @@ def direct_imports(path: Path) -> frozenset[str]:
             if node.level:
                 base = ".".join(pkg[: len(pkg) - node.level + 1] + ([base] if base else []))
             out |= set(_with_parents(base)) | {f"{base}.{a.name}" for a in node.names}
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and path != TABLE:
             m = MODULE_STRING.fullmatch(node.value)
             if m:
                 out |= set(_with_parents(m.group(1)))
@@ -92,19 +93,14 @@ def closure(start: set[str]) -> set[str]:
 
 
 def cli_imports() -> dict[str, set[str]]:
-    """Stage command name -> repo modules its CLI function imports (the flow) and ``_run``'s imports."""
+    """Stage command name -> the repo modules it imports: its flow's module (flows/stages.py, the table the
+    CLI registers its stage commands from), the table itself and ``_run``'s imports."""
+    from flows.stages import STAGES
+
     tree = ast.parse((REPO / "flows" / "__main__.py").read_text())
-    funcs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
-
-    def imports(fn: ast.FunctionDef) -> set[str]:
-        return {n.module for n in ast.walk(fn) if isinstance(n, ast.ImportFrom) and n.module and module_file(n.module)}
-
-    out: dict[str, set[str]] = {}
-    for fn in funcs.values():
-        for dec in fn.decorator_list:
-            if isinstance(dec, ast.Call) and ast.unparse(dec.func) == "app.command" and dec.args:
-                out[dec.args[0].value] = imports(fn) | (imports(funcs["_run"]) if "_run" in ast.unparse(fn) else set())
-    return out
+    run = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "_run")
+    run_imports = {n.module for n in ast.walk(run) if isinstance(n, ast.ImportFrom) and n.module and module_file(n.module)}
+    return {s.name: {s.flow.split(":")[0], "flows.stages"} | run_imports for s in STAGES}
 
 
 def dvc_stages() -> dict[str, dict]:

@@ -1,5 +1,5 @@
 """Resume never reuses a staging dir or checkpoint made from other upstream data or weights: the
-content of the DVC outputs a stage reads enters its fingerprint (tasks/common.py upstream)."""
+content of the DVC outputs a stage reads enters its fingerprint (flows/stages.py Stage.fingerprint)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.common import Paths, fingerprint, upstream, upstream_digest
+from flows.stages import BY_NAME
+from tasks.common import Paths, upstream_digest
 from tests.conftest import REPO, TINY
 from udcguard.config import params_from_dict
 from udcguard.io.atomic import staged_output, staging_dir
@@ -55,14 +56,11 @@ def test_digest_reads_content_names_and_manifests(tmp_path: Path) -> None:
     assert upstream_digest(tmp_path / "udc") != d1
 
 
-def test_upstream_is_the_stages_data_deps_in_dvc_yaml() -> None:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+def test_resumable_flows_take_their_fingerprint_from_the_stage_table() -> None:
     flows = "".join((REPO / "flows" / f).read_text() for f in ("defend.py", "train.py"))
     for name in STAGES:
-        stage = stages[name].get("do", stages[name])
-        data = {d for d in stage["deps"] if d.startswith("data/")}
-        assert {str(p) for p in upstream(Paths("data"), name, "${key}")} == data, name
-        assert re.search(rf'upstream=upstream\(paths, "{name}"', flows), f"{name}: flow does not use upstream()"
+        assert f'BY_NAME["{name}"].fingerprint(' in flows, f"{name}: flow does not use its Stage.fingerprint"
+    assert "import fingerprint" not in flows and "fingerprint(params," not in flows.replace("].fingerprint(", "")
 
 
 def _killed_run(final: Path, fp: str) -> None:
@@ -76,8 +74,8 @@ def _killed_run(final: Path, fp: str) -> None:
 @pytest.mark.parametrize("stage", STAGES)
 def test_stale_partial_is_discarded_when_upstream_changes(tmp_path: Path, stage: str) -> None:
     params, paths, final = params_from_dict(TINY), Paths(tmp_path / "data"), tmp_path / "out"
-    fp = lambda: fingerprint(params, "seed", extra="unet", upstream=upstream(paths, stage, "unet"))
-    for f in _fill(upstream(paths, stage, "unet")):
+    fp = lambda: BY_NAME[stage].fingerprint(params, "unet", extra="unet", data_dir=paths.data)
+    for f in _fill(BY_NAME[stage].upstream(paths.data, "unet")):
         before = fp()
         _killed_run(final, before)
         assert fp() == before  # same upstream: the partial would be resumed

@@ -1,7 +1,8 @@
 """Exception types. Every user-facing error is one line naming the file or key at fault.
 
-The CLI catches :class:`UdcGuardError`, prints ``error: <message>`` on one line and exits
-non-zero; anything else is a bug and keeps its traceback.
+The CLI catches :class:`UdcGuardError`, prints ``error: <message>`` on one line and exits with
+the error's ``exit_code``: 2 for bad input, 1 for a service that failed (:class:`ServiceError`);
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +10,14 @@ from __future__ import annotations
 
 class UdcGuardError(Exception):
     """Base class of errors caused by bad input (config, files, arrays)."""
+
+    exit_code: int = 2
+
+
+class ServiceError(UdcGuardError):
+    """A service the run needs (the S3 store, the Prefect server) is unreachable or failed."""
+
+    exit_code = 1
 
 
 class ConfigError(UdcGuardError):

@@ -1,0 +1,54 @@
+"""flows/stages.py, the one declaration of the stages, agrees with dvc.yaml: names and order, per-restorer
+or not, the command, the params keys and the data it reads; and the CLI registers every stage from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from flows.stages import BY_NAME, KEY, STAGES
+from tests.conftest import REPO
+
+CODE = ("src/", "tasks/", "flows/")
+
+
+def _dvc() -> dict[str, dict]:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def test_table_has_dvc_yaml_stages_in_order() -> None:
+    assert [s.name for s in STAGES] == list(_dvc()) and len(BY_NAME) == len(STAGES)
+
+
+def test_each_row_matches_its_dvc_yaml_stage() -> None:
+    for name, entry in _dvc().items():
+        row, body = BY_NAME[name], entry.get("do", entry)
+        assert row.per_restorer == ("foreach" in entry), name
+        restorer = f" --restorer {KEY}" if row.per_restorer else ""
+        assert body["cmd"].startswith(f"python -m flows {name}{restorer}"), (name, body["cmd"])
+        assert list(row.params) == body.get("params", []), f"{name}: params differ from dvc.yaml"
+        data = [d for d in body["deps"] if not d.startswith(CODE)]
+        assert list(row.reads) == data, f"{name}: data deps differ from dvc.yaml"
+        assert row.pool in ("cpu", "gpu")
+        assert callable(row.load()) and row.load().name == name  # the flow exists and is the stage's
+
+
+def test_upstream_resolves_the_restorer_and_the_roots() -> None:
+    up = BY_NAME["adaptive"].upstream("d", "unet")
+    assert up[:2] == [Path("d/models/unet"), Path("d/finetuned/unet")]
+    assert BY_NAME["report"].upstream("d", reports_dir="r")[:2] == [Path("r/metrics.csv"), Path("r/examples")]
+
+
+def test_cli_registers_every_stage_with_its_options() -> None:
+    from flows.__main__ import app
+
+    runner = CliRunner()
+    for row in STAGES:
+        out = runner.invoke(app, [row.name, "--help"])
+        assert out.exit_code == 0, row.name
+        assert ("--restorer" in out.output) == row.per_restorer, row.name
+        assert row.help.split(" (")[0][:30] in " ".join(out.output.split()), row.name
+    missing = runner.invoke(app, ["attack"])
+    assert missing.exit_code == 2 and "--restorer" in missing.output
