@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from flows.stages import BY_NAME
 from tasks.common import Paths, file_digest
 from tasks.tracking import stage_run
-from tasks.train import finetune_restorer, train_restorer
+from tasks.train import finetune_restorer, train_purifier, train_restorer
 from udcguard.config import DistributedParams, load_params
 from udcguard.io.atomic import staged_output
 
@@ -35,8 +35,6 @@ def train_restorer_flow(restorer: str, params_path: str = "params.yaml", overrid
 def train_purifier_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
                         data_dir: str = "data") -> str:
     """Train the diffusion purifier -> data/purifier/ (diffusers save_pretrained layout)."""
-    from tasks.purification import train_purifier  # here: the restorer stages never load diffusers
-
     params, paths = load_params(params_path, overrides), Paths(data_dir)
     fp = BY_NAME["train_purifier"].fingerprint(params, data_dir=data_dir)
     with stage_run("train_purifier", params, params_path) as run:

@@ -22,57 +22,18 @@ from tasks.shards import (
     shard_params,
     stamp,
 )
-from tasks.tracking import RunLogger
-from tasks.train import _fit_with_resume
 from udcguard.config import Params
 from udcguard.io.atomic import read_json, save_json
 from udcguard.io.datasets import INPUTS_FILE, TensorPairs, load_inputs, load_split, save_inputs
 from udcguard.io.subsets import stratified_subset
-from udcguard.io.purifier_store import load_purifier, save_purifier
+from udcguard.io.purifier_store import load_purifier
 from udcguard.purify.guidance import LowFreqGuidance
 from udcguard.purify.purifier import Purifier
-from udcguard.purify.unet import build_unet_preset, diffusion_loss, make_scheduler
-from udcguard.train.augment import sample_batch
 
 
 def image_seeds(seed: int, ids: list[str]) -> list[int]:
     """One purification seed per image, from (seed, image id): independent of batching."""
     return [int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:4], "little") for i in ids]
-
-
-@task(name="train-purifier", cache_policy=NO_CACHE)
-def train_purifier(params: Params, data_dir: str, out_dir: str, fp: str, run_id: str | None) -> dict:
-    """Train the DDPM UNet on tone-mapped degraded train inputs (or adopt ``unet_path``)."""
-    paths, p = Paths(data_dir), params.purifier
-    device = resolve_device(p.device)
-    scheduler = make_scheduler(p.num_train_timesteps)
-    if p.unet_path is not None:
-        adopted = load_purifier(p.unet_path, device="cpu")
-        if not (Path(p.unet_path) / "scheduler").is_dir():  # a bare UNet folder: use params' schedule
-            adopted = Purifier(adopted.unet, scheduler)
-        save_purifier(adopted, Path(out_dir))
-        return {"source": str(p.unet_path)}
-    pairs = load_split(paths.udc / "train", psf_dir=None)
-    with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
-        torch.manual_seed(p.seed)
-        unet = build_unet_preset(p.unet, sample_size=p.crop_px).to(device)
-
-    def sample(g: torch.Generator):
-        lq, _, _ = sample_batch(pairs, batch_size=p.batch_size, crop_px=p.crop_px, generator=g)
-        return lq, int(torch.randint(0, 2**31 - 1, (1,), generator=g))
-
-    def loss_fn(model, batch):
-        x0, seed = batch
-        return diffusion_loss(model, scheduler, x0.to(device), torch.Generator().manual_seed(seed),
-                              max_timestep=p.max_timestep)
-
-    history = _fit_with_resume(
-        unet, loss_fn, sample, steps=p.steps, lr=p.lr, lr_min=p.lr_min, seed=p.seed, device=device,
-        amp=False, ckpt=paths.ckpt / "purifier.pt", fp=fp, every=p.checkpoint_every, log=RunLogger(run_id),
-        desc="train purifier", prefix="purifier_")
-    save_purifier(Purifier(unet.cpu().eval(), scheduler), Path(out_dir))
-    save_json(Path(out_dir) / "history.json", history)
-    return {"parameters": sum(q.numel() for q in unet.parameters()), "final_loss": history["loss"][-1]}
 
 
 def deployed_purifier(params: Params, paths: Paths, device: torch.device) -> Purifier:

@@ -24,7 +24,7 @@ from udcguard.train.augment import sample_batch
 from udcguard.train.loop import fit
 from udcguard.train.restorer import restoration_loss
 
-__all__ = ["finetune_pairs", "finetune_restorer", "resolve_distributed", "train_restorer"]
+__all__ = ["finetune_pairs", "finetune_restorer", "resolve_distributed", "train_purifier", "train_restorer"]
 
 
 def _fit_with_resume(model, loss_fn, sample, *, steps, lr, lr_min, seed, device, amp, ckpt: Path,
@@ -132,3 +132,41 @@ def resolve_distributed(params: Params, device: torch.device) -> tuple[int, str]
     if world > 1 and cuda and world > torch.cuda.device_count():
         raise ConfigError(f"finetune.distributed.nproc={world} exceeds the {torch.cuda.device_count()} CUDA devices")
     return world, backend
+
+
+@task(name="train-purifier", cache_policy=NO_CACHE)
+def train_purifier(params: Params, data_dir: str, out_dir: str, fp: str, run_id: str | None) -> dict:
+    """Train the DDPM UNet on tone-mapped degraded train inputs (or adopt ``unet_path``)."""
+    from udcguard.io.purifier_store import load_purifier, save_purifier  # diffusers: only in this stage
+    from udcguard.purify import Purifier, build_unet_preset, diffusion_loss, make_scheduler
+
+    paths, p = Paths(data_dir), params.purifier
+    device = resolve_device(p.device)
+    scheduler = make_scheduler(p.num_train_timesteps)
+    if p.unet_path is not None:
+        adopted = load_purifier(p.unet_path, device="cpu")
+        if not (Path(p.unet_path) / "scheduler").is_dir():  # a bare UNet folder: use params' schedule
+            adopted = Purifier(adopted.unet, scheduler)
+        save_purifier(adopted, Path(out_dir))
+        return {"source": str(p.unet_path)}
+    pairs = load_split(paths.udc / "train", psf_dir=None)
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
+        torch.manual_seed(p.seed)
+        unet = build_unet_preset(p.unet, sample_size=p.crop_px).to(device)
+
+    def sample(g: torch.Generator):
+        lq, _, _ = sample_batch(pairs, batch_size=p.batch_size, crop_px=p.crop_px, generator=g)
+        return lq, int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+
+    def loss_fn(model, batch):
+        x0, seed = batch
+        return diffusion_loss(model, scheduler, x0.to(device), torch.Generator().manual_seed(seed),
+                              max_timestep=p.max_timestep)
+
+    history = _fit_with_resume(
+        unet, loss_fn, sample, steps=p.steps, lr=p.lr, lr_min=p.lr_min, seed=p.seed, device=device,
+        amp=False, ckpt=paths.ckpt / "purifier.pt", fp=fp, every=p.checkpoint_every, log=RunLogger(run_id),
+        desc="train purifier", prefix="purifier_")
+    save_purifier(Purifier(unet.cpu().eval(), scheduler), Path(out_dir))
+    save_json(Path(out_dir) / "history.json", history)
+    return {"parameters": sum(q.numel() for q in unet.parameters()), "final_loss": history["loss"][-1]}

@@ -57,7 +57,7 @@ def base(prefect_harness, tmp_path_factory) -> Path:
     """TINY data, one trained restorer and the purifier, then the sequential reference stages."""
     from flows.defend import attack_flow, purify_flow
     from flows.synthesize import synthesize
-    from tasks.purification import train_purifier
+    from tasks.train import train_purifier
     from tasks.train import train_restorer
 
     tmp = tmp_path_factory.mktemp("shards")

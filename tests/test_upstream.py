@@ -3,11 +3,9 @@ content of the DVC outputs a stage reads enters its fingerprint (flows/stages.py
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flows.stages import BY_NAME
 from tasks.common import Paths, upstream_digest

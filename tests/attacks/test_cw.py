@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from tests.attacks.conftest import Counted, TinyRestorer, gen as _gen
+from tests.attacks.conftest import Counted, gen as _gen
 from udcguard.attacks.base import ATTACKS, AttackArgumentError
 from udcguard.attacks.cw import CarliniWagnerL2
 from udcguard.attacks.objectives import objective

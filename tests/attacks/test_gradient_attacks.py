@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.attacks.conftest import TinyClassifier, TinyRestorer, gen as _gen
+from tests.attacks.conftest import TinyClassifier, gen as _gen
 from udcguard.attacks import (
     ATTACKS,
     BIM,

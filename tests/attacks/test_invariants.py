@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.attacks.conftest import Counted, TinyRestorer, gen as _gen
+from tests.attacks.conftest import Counted, gen as _gen
 from udcguard.attacks import ATTACKS, Attack, objective
 
 TOL = 1e-6

@@ -30,7 +30,7 @@ def test_repr_lists_every_constructor_argument(name: str) -> None:
     args = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "model_fn")]
     text = repr(attack)
     assert text.startswith(f"{cls.__name__}(") and [p.split("=")[0] for p in text[len(cls.__name__) + 1:-1].split(", ")] == args
-    assert f"objective='mse'" in text and f"eps={attack.eps:.6g}" in text
+    assert "objective='mse'" in text and f"eps={attack.eps:.6g}" in text
 
 
 def test_defaults_per_attack() -> None:

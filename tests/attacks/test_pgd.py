@@ -13,7 +13,7 @@ from udcguard.attacks import (
     Attack,
     objective,
 )
-from tests.attacks.conftest import Counted, TinyClassifier, TinyRestorer, make_batch
+from tests.attacks.conftest import Counted, TinyClassifier, make_batch
 from tests.attacks.conftest import gen as _gen
 from udcguard.errors import UdcGuardError
 

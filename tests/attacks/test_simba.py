@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.attacks.conftest import TinyRestorer, gen as _gen
+from tests.attacks.conftest import gen as _gen
 from udcguard.attacks.base import ATTACKS, AttackArgumentError
 from udcguard.attacks.objectives import objective
 from udcguard.attacks.simba import SimBA, block_dct_matrix, dct_matrix, frequency_rings
