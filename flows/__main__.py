@@ -104,8 +104,7 @@ def _stage_command(stage: Stage) -> None:
         def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,  # type: ignore[misc]
                     data_dir: DataOpt = Path("data")) -> None:
             _run(stage.load, params, set_, data_dir=str(data_dir))
-    command.__doc__ = stage.help
-    app.command(stage.name)(command)
+    app.command(stage.name, help=stage.help)(command)
 
 
 for _stage in STAGES:
@@ -113,20 +112,18 @@ for _stage in STAGES:
         _stage_command(_stage)
 
 
-@app.command("evaluate")
+@app.command("evaluate", help=BY_NAME["evaluate"].help)
 def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data"),
              reports_dir: Annotated[Path, typer.Option("--reports-dir")] = Path("reports"),
              pairs: Annotated[Path | None, typer.Option("--pairs", help="your folder of pairs (manifest.json + gt/lq)")] = None,
              out: Annotated[Path | None, typer.Option("--out", help="where --pairs results go")] = None) -> None:
-    """Score every (restorer, attack, eps, defence) -> reports/; or your own pairs with --pairs DIR --out DIR."""
     _run(BY_NAME["evaluate"].load, params, set_, data_dir=str(data_dir), reports_dir=str(reports_dir),
          pairs=str(pairs) if pairs else None, out=str(out) if out else None)
 
 
-@app.command("report")
+@app.command("report", help=BY_NAME["report"].help)
 def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, data_dir: DataOpt = Path("data"),
            reports_dir: Annotated[Path, typer.Option("--reports-dir")] = Path("reports")) -> None:
-    """Render reports/index.html (self-contained) and log it to MLflow."""
     _run(BY_NAME["report"].load, params, set_, data_dir=str(data_dir), reports_dir=str(reports_dir))
 
 
