@@ -28,7 +28,8 @@ __all__ = ["finetune_pairs", "finetune_restorer", "resolve_distributed", "train_
 
 
 def _fit_with_resume(model, loss_fn, sample, *, steps, lr, lr_min, seed, device, amp, ckpt: Path,
-                     fp: str, every: int, log: RunLogger, desc: str, prefix: str, channels_last: bool = False) -> dict:
+                     fp: str, every: int, log: RunLogger, desc: str, prefix: str, channels_last: bool = False,
+                     ema_decay: float | None = None) -> dict:
     """Run :func:`fit` with a resumable checkpoint (ignored if its fingerprint differs)."""
     state = load_train_state(ckpt)
     resume = state if state is not None and state.get("fingerprint") == fp else None
@@ -41,7 +42,7 @@ def _fit_with_resume(model, loss_fn, sample, *, steps, lr, lr_min, seed, device,
             log.log_metrics({f"{prefix}loss": m["loss"], f"{prefix}lr": m["lr"]}, step=step)
 
     history = fit(model, loss_fn, sample, steps=steps, lr=lr, lr_min=lr_min, seed=seed, device=device,
-                  amp=amp, channels_last=channels_last, resume=resume, checkpoint_every=every,
+                  amp=amp, channels_last=channels_last, ema_decay=ema_decay, resume=resume, checkpoint_every=every,
                   on_checkpoint=lambda s: save_train_state(ckpt, {**s, "fingerprint": fp}), on_step=on_step)
     bar.close()
     ckpt.unlink(missing_ok=True)
@@ -67,7 +68,7 @@ def train_restorer(params: Params, name: str, data_dir: str, out_dir: str, fp: s
         lr_min=t.lr_min,
         seed=t.seed, device=device, amp=t.amp, ckpt=paths.ckpt / f"train-{name}.pt", fp=fp,
         every=t.checkpoint_every, log=RunLogger(run_id), desc=f"train {name}", prefix="train_",
-        channels_last=r.channels_last)
+        channels_last=r.channels_last, ema_decay=t.ema_decay)
     save_model(model, Path(out_dir), restorer_spec(model))
     save_json(Path(out_dir) / "history.json", history)
     return {"parameters": num_parameters(model), "final_loss": history["loss"][-1]}

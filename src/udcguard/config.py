@@ -283,6 +283,8 @@ class TrainParams(Frozen):
     device: Device = "auto"
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     seed: int = Field(0, ge=0)
+    ema_decay: float | None = Field(None, ge=0.0, lt=1.0, description="return the weights' exponential moving "
+                                    "average (BasicSR's ema_decay, e.g. 0.999) instead of the last iterate; None: off")
 
 
 class PurifierParams(Frozen):

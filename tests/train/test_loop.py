@@ -136,3 +136,41 @@ def test_channels_last_trains_the_same_model_up_to_rounding(tmp_path: Path) -> N
         assert b.is_contiguous(), k  # back in the default format: safetensors can save it
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
     save_file(m1.state_dict(), str(tmp_path / "m.safetensors"))
+
+
+def test_ema_returns_the_moving_average_of_the_iterates_and_resumes(tmp_path: Path) -> None:
+    """ema_decay d: the model comes back with e_k = d e_{k-1} + (1 - d) w_k (e_0 = the initial weights),
+    computed here by hand from the iterates; d = 0 is the last iterate; a killed run resumes it exactly."""
+    kw: dict[str, Any] = {"steps": 12, "lr": 1e-2, "lr_min": 1e-4, "seed": 3}
+    last, iterates = _model(), []
+    fit(last, _loss, _sample, on_step=lambda s, m: iterates.append([p.detach().clone() for p in last.parameters()]),
+        **kw)
+    d = 0.8
+    ema = [p.detach().clone() for p in _model().parameters()]
+    for w in iterates:
+        ema = [d * e + (1 - d) * wi for e, wi in zip(ema, w, strict=True)]
+    averaged = _model()
+    fit(averaged, _loss, _sample, ema_decay=d, **kw)
+    for a, e, w in zip(averaged.parameters(), ema, iterates[-1], strict=True):
+        torch.testing.assert_close(a.detach(), e, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(a.detach(), w)  # not the last iterate
+    zero = _model()
+    fit(zero, _loss, _sample, ema_decay=0.0, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(zero.parameters(), last.parameters(), strict=True))
+
+    ckpt = tmp_path / "state.pt"
+
+    def save_and_die(state: dict[str, Any]) -> None:
+        save_train_state(ckpt, state)
+        if state["step"] == 6:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(_model(), _loss, _sample, ema_decay=d, checkpoint_every=3, on_checkpoint=save_and_die, **kw)
+    state = load_train_state(ckpt)
+    assert state is not None and len(state["ema"]) == len(list(averaged.parameters()))
+    resumed = _model(seed=5)
+    fit(resumed, _loss, _sample, ema_decay=d, resume=state, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), averaged.parameters(), strict=True))
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit(_model(), _loss, _sample, ema_decay=1.0, **kw)
