@@ -52,3 +52,24 @@ def test_cli_registers_every_stage_with_its_options() -> None:
         assert row.help.split(" (")[0][:30] in " ".join(out.output.split()), row.name
     missing = runner.invoke(app, ["attack"])
     assert missing.exit_code == 2 and "--restorer" in missing.output
+
+
+def test_fingerprint_reads_exactly_the_stage_params_keys(tmp_path: Path) -> None:
+    """purify_train reads purifier.max_timestep (a dotted key) but not purifier.lr: only the first moves its
+    resume key; a restorer's own keys move train_restorer's."""
+    from tests.conftest import TINY
+    from udcguard.config import params_from_dict
+
+    base = params_from_dict(TINY)
+
+    def fp(stage: str, **updates) -> str:
+        data = {**TINY, **{k: {**TINY[k], **v} for k, v in updates.items()}}
+        return BY_NAME[stage].fingerprint(params_from_dict(data), data_dir=tmp_path)
+
+    ref = BY_NAME["purify_train"].fingerprint(base, data_dir=tmp_path)
+    assert fp("purify_train") == ref
+    assert fp("purify_train", purifier={"max_timestep": base.purifier.max_timestep + 1 if base.purifier.max_timestep
+                                        else 50}) != ref
+    assert fp("purify_train", purifier={"lr": base.purifier.lr * 2}) == ref
+    assert fp("train_restorer", train={"lr": base.train.lr * 2}) != BY_NAME["train_restorer"].fingerprint(
+        base, data_dir=tmp_path)
