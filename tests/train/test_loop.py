@@ -36,6 +36,20 @@ class Killed(Exception):
     pass
 
 
+def _killed_at(ckpt: Path, step: int, **kw: Any) -> dict[str, Any] | None:
+    """Train a fresh model, saving its state at every checkpoint and dying right after ``step``'s; the
+    state it left."""
+
+    def save_and_die(state: dict[str, Any]) -> None:
+        save_train_state(ckpt, state)
+        if state["step"] == step:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(_model(), _loss, _sample, on_checkpoint=save_and_die, **kw)
+    return load_train_state(ckpt)
+
+
 def test_loss_decreases_and_callbacks() -> None:
     model, calls = _model(), []
     hist = fit(model, _loss, _sample, steps=60, lr=1e-2, lr_min=1e-4, seed=1, grad_clip=1.0,
@@ -62,16 +76,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     full = _model()
     hist_full = fit(full, _loss, _sample, **kw)
 
-    ckpt = tmp_path / "train_state.pt"
-
-    def save_and_die(state: dict[str, Any]) -> None:
-        save_train_state(ckpt, state)
-        if state["step"] == 10:
-            raise Killed
-
-    with pytest.raises(Killed):
-        fit(_model(), _loss, _sample, checkpoint_every=5, on_checkpoint=save_and_die, **kw)
-    state = load_train_state(ckpt)
+    state = _killed_at(tmp_path / "train_state.pt", 10, checkpoint_every=5, **kw)
     assert state is not None and state["step"] == 10
 
     resumed, steps_seen = _model(seed=123), []  # a fresh process: other init, other RNG
@@ -158,16 +163,7 @@ def test_ema_returns_the_moving_average_of_the_iterates_and_resumes(tmp_path: Pa
     fit(zero, _loss, _sample, ema_decay=0.0, **kw)
     assert all(torch.equal(a, b) for a, b in zip(zero.parameters(), last.parameters(), strict=True))
 
-    ckpt = tmp_path / "state.pt"
-
-    def save_and_die(state: dict[str, Any]) -> None:
-        save_train_state(ckpt, state)
-        if state["step"] == 6:
-            raise Killed
-
-    with pytest.raises(Killed):
-        fit(_model(), _loss, _sample, ema_decay=d, checkpoint_every=3, on_checkpoint=save_and_die, **kw)
-    state = load_train_state(ckpt)
+    state = _killed_at(tmp_path / "state.pt", 6, ema_decay=d, checkpoint_every=3, **kw)
     assert state is not None and len(state["ema"]) == len(list(averaged.parameters()))
     resumed = _model(seed=5)
     fit(resumed, _loss, _sample, ema_decay=d, resume=state, **kw)
