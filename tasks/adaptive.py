@@ -24,7 +24,6 @@ from udcguard.attacks.build import build_attack
 from udcguard.config import Params
 from udcguard.io.atomic import save_json
 from udcguard.io.datasets import load_split, save_inputs
-from udcguard.io.purifier_store import load_purifier
 from udcguard.io.restorer_store import load_restorer
 from udcguard.io.subsets import stratified_subset
 from udcguard.train.restorer import model_fn
@@ -35,9 +34,8 @@ def adaptive_attacks(params: Params, name: str, data_dir: str, out_dir: str) -> 
     """Adversarial sets per (setting, defended system, eps) and their purified draws; records.json."""
     paths, a, ad, p = Paths(data_dir), params.attack, params.adaptive, params.purify
     device = resolve_device(a.device)
-    purifier = load_purifier(paths.purifier, device=device)
-    purifier.unet.requires_grad_(False)
-    deployed = deployed_purifier(params, paths, device)
+    deployed = deployed_purifier(params, paths, device)  # the attacker differentiates the deployed purifier
+    deployed.unet.requires_grad_(False)
     t_star = selected_t_star(params, paths)
     options = {k: v for k, v in sampler_options(params, t_star).items() if v is not None}
     spec = a.spec(ad.attack)
@@ -58,7 +56,7 @@ def adaptive_attacks(params: Params, name: str, data_dir: str, out_dir: str) -> 
                     x = pairs.lq[i : i + a.batch_size].to(device)
                     cond = pairs.cond[i : i + a.batch_size] if pairs.cond is not None else None
                     defended = DefendedModel(
-                        model_fn(nets[defence], cond, device), purifier, t_star=t_star, mode=setting,
+                        model_fn(nets[defence], cond, device), deployed, t_star=t_star, mode=setting,
                         eot_samples=ad.eot_samples if setting == "eot" else 1,
                         ddim_steps=max(1, min(ad.ddim_steps, t_star)), purify_options=options,
                         seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))

@@ -34,7 +34,7 @@ from udcguard.config import params_from_dict
 from udcguard.errors import UdcGuardError
 from udcguard.io.atomic import save_json
 from udcguard.io.checkpoints import load_train_state, save_model, save_train_state
-from udcguard.models import restorer_spec
+from udcguard.io.restorer_store import saved_spec
 from udcguard.train.distributed import global_mean_loss, has_batchnorm, sharded
 from udcguard.train.loop import fit
 
@@ -92,7 +92,7 @@ def train(args: argparse.Namespace, device: torch.device, rank: int, world: int)
                   on_checkpoint=save if lead else None, on_step=progress if lead else None)
     if lead:
         out = Path(args.out_dir)
-        save_model(model, out, restorer_spec(model))
+        save_model(model, out, saved_spec(model))
         save_json(out / "history.json", history)
         save_json(args.result, {"pairs": len(run.pairs), "perceptual": run.perceptual, "world_size": world,
                                 "final_loss": history["loss"][-1]})

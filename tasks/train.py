@@ -18,8 +18,9 @@ from udcguard.config import Params
 from udcguard.errors import ConfigError
 from udcguard.io.atomic import read_json, save_json, write_bytes
 from udcguard.io.checkpoints import load_official_checkpoint, load_train_state, save_model, save_train_state
+from udcguard.io.restorer_store import saved_spec
 from udcguard.io.datasets import load_split
-from udcguard.models import build_restorer, num_parameters, restorer_spec
+from udcguard.models import build_restorer, num_parameters
 from udcguard.train.augment import sample_batch
 from udcguard.train.loop import fit
 from udcguard.train.restorer import restoration_loss
@@ -69,7 +70,7 @@ def train_restorer(params: Params, name: str, data_dir: str, out_dir: str, fp: s
         seed=t.seed, device=device, amp=t.amp, ckpt=paths.ckpt / f"train-{name}.pt", fp=fp,
         every=t.checkpoint_every, log=RunLogger(run_id), desc=f"train {name}", prefix="train_",
         channels_last=r.channels_last, ema_decay=t.ema_decay)
-    save_model(model, Path(out_dir), restorer_spec(model))
+    save_model(model, Path(out_dir), saved_spec(model))
     save_json(Path(out_dir) / "history.json", history)
     return {"parameters": num_parameters(model), "final_loss": history["loss"][-1]}
 
@@ -92,7 +93,7 @@ def finetune_restorer(params: Params, name: str, data_dir: str, out_dir: str, fp
         amp=f.amp and device.type == "cuda",  # fp32 on CPUs: equal to the DDP ranks' updates (tests/train/test_ddp.py)
         ckpt=paths.ckpt / f"finetune-{name}.pt", fp=fp, every=f.checkpoint_every,
         log=RunLogger(run_id), desc=f"finetune {name}", prefix="finetune_")
-    save_model(run.model, Path(out_dir), restorer_spec(run.model))
+    save_model(run.model, Path(out_dir), saved_spec(run.model))
     save_json(Path(out_dir) / "history.json", history)
     return {"pairs": len(run.pairs), "perceptual": run.perceptual, "final_loss": history["loss"][-1], "ranks": 1}
 

@@ -3,6 +3,7 @@ differentiable DDIM chain (finite differences, checkpointing), hooks and speed o
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -252,14 +253,28 @@ def test_guidance_hook_sees_every_step(purifier: Purifier) -> None:
     torch.testing.assert_close(pulled, x, rtol=0, atol=1e-6)  # a hook that returns the input's mean
 
 
-def test_speed_options_are_ignored_on_cpu(purifier: Purifier) -> None:
+def test_cuda_speed_options_are_ignored_on_cpu(purifier: Purifier) -> None:
     x = _x(1, seed=7)
-    fast = Purifier(purifier.unet, purifier.scheduler, channels_last=True, autocast="bf16", compile=True)
+    fast = Purifier(purifier.unet, purifier.scheduler, autocast="bf16", compile=True)
     for kw in ({}, {"sampler": "ddim", "steps": 3}):
         assert torch.equal(fast.purify(x, t_star=8, seeds=[0], **kw), purifier.purify(x, t_star=8, seeds=[0], **kw))
-    assert purifier.unet.conv_in.weight.is_contiguous()
+    assert fast._compiled is None and purifier.unet.conv_in.weight.is_contiguous()
     with pytest.raises(ValueError, match="autocast"):
         Purifier(purifier.unet, purifier.scheduler, autocast="fp8")
+
+
+def test_channels_last_on_cpu_equals_contiguous_up_to_rounding(purifier: Purifier) -> None:
+    x = _x(2, seed=3)
+    nhwc = Purifier(copy.deepcopy(purifier.unet), purifier.scheduler, channels_last=True)
+    t = torch.tensor([5, 9])
+    z = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    eps = nhwc.eps(z, t)
+    assert nhwc.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert eps.is_contiguous() and not torch.equal(eps, purifier.eps(z, t))  # other kernels ran
+    torch.testing.assert_close(eps, purifier.eps(z, t), rtol=0, atol=1e-5)
+    for kw in ({}, {"sampler": "ddim", "steps": 3}):
+        torch.testing.assert_close(nhwc.purify(x, t_star=8, seeds=[0, 1], **kw),
+                                   purifier.purify(x, t_star=8, seeds=[0, 1], **kw), rtol=0, atol=1e-5)
 
 
 def test_argument_errors(purifier: Purifier) -> None:
