@@ -23,7 +23,7 @@ How the peak is measured (``--method``):
   device-free, but blind to what checkpoint segments hold internally (their inputs, one
   sample per step) and to the recomputation peak.
 
-Usage: python bench/bench_adaptive.py [--unet tiny] [--px 32] [--batch 1] [--t-star 16]
+Usage: python -m bench.bench_adaptive [--unet tiny] [--px 32] [--batch 1] [--t-star 16]
        [--steps 1,2,4,8] [--method auto|cuda|rss|graph] [--device auto]
 """
 
@@ -35,17 +35,15 @@ import os
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from udcguard.attacks.adaptive import DefendedModel  # noqa: E402
-from udcguard.attacks.base import Calls  # noqa: E402
-from udcguard.attacks.objectives import objective  # noqa: E402
-from udcguard.purify import Purifier, build_unet_preset, make_scheduler  # noqa: E402
+from udcguard.attacks.adaptive import DefendedModel
+from udcguard.attacks.base import Calls
+from udcguard.attacks.objectives import objective
+from udcguard.purify import Purifier, build_unet_preset, make_scheduler
 
 MiB = 2**20
 

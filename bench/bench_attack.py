@@ -9,40 +9,20 @@ Three ratios, each against a reference measured in this run (best of --repeat):
 3. SimBA queries per second on the restorer / bare batched forward passes per second
    (SimBA only queries: the ratio is its bookkeeping overhead; 1.0 is ideal).
 
-Usage: python bench/bench_attack.py [--arch discnet] [--size small] [--batch 8] [--px 64] [--device auto]
+Usage: python -m bench.bench_attack [--arch discnet] [--size small] [--batch 8] [--px 64] [--device auto]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from udcguard.attacks import ATTACKS  # noqa: E402
-from udcguard.models import build_restorer, num_parameters  # noqa: E402
-from udcguard.train.restorer import model_fn  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def best_of(fn, repeat: int, device: torch.device) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from bench._common import best_of
+from udcguard.attacks import ATTACKS
+from udcguard.models import build_restorer, num_parameters
+from udcguard.train.restorer import model_fn
 
 
 def main() -> None:
@@ -75,8 +55,8 @@ def main() -> None:
 
     attack = ATTACKS.get("pgd_linf")(f, eps=8 / 256, steps=args.steps)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    t_bare = best_of(bare, args.repeat, device)
-    t_pgd = best_of(lambda: attack(x, generator=gen), args.repeat, device)
+    t_bare = best_of(bare, args.repeat, device, warmup=True)
+    t_pgd = best_of(lambda: attack(x, generator=gen), args.repeat, device, warmup=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; {args.arch}/{args.size} ({num_parameters(model) / 1e6:.2f}M params), "
           f"batch {args.batch} x 3 x {args.px} x {args.px}")
@@ -115,8 +95,8 @@ def versus_torchattacks(args, device: torch.device) -> None:
     ta = torchattacks.PGD(clf, eps=eps, alpha=alpha, steps=args.steps, random_start=False)
     ours = ATTACKS.get("pgd_linf")(clf, eps=eps, alpha=alpha, steps=args.steps, random_start=False,
                                    keep_best=False, objective="ce", reference="gt")
-    t_ta = best_of(lambda: ta(x, labels), args.repeat, device)
-    t_ours = best_of(lambda: ours(x, gt=labels), args.repeat, device)
+    t_ta = best_of(lambda: ta(x, labels), args.repeat, device, warmup=True)
+    t_ours = best_of(lambda: ours(x, gt=labels), args.repeat, device, warmup=True)
     same = torch.allclose(ta(x, labels), ours(x, gt=labels).x_adv, atol=1e-6)
     print(f"classifier PGD-{args.steps}, batch 64 x 3 x 32 x 32: torchattacks {t_ta:.3f} s, udcguard {t_ours:.3f} s, "
           f"same result: {same}")
@@ -138,8 +118,8 @@ def simba_rate(f, x: torch.Tensor, args, device: torch.device) -> None:
             for _ in range(res.queries):
                 f(x)
 
-    t_simba = best_of(run, args.repeat, device)
-    t_bare = best_of(bare, args.repeat, device)
+    t_simba = best_of(run, args.repeat, device, warmup=True)
+    t_bare = best_of(bare, args.repeat, device, warmup=True)
     qps, bare_qps = res.queries / t_simba, res.queries / t_bare
     print(f"SimBA {iters} iterations: {res.queries} batched queries in {t_simba:.3f} s = {qps:.1f} queries/s "
           f"({qps * x.shape[0]:.1f} image-queries/s); bare forwards {bare_qps:.1f}/s; "

@@ -8,7 +8,7 @@ measured in the same run before and after, is a fixed torch conv workload (forwa
 on this CPU; each stage also prints as a multiple of it, so that runs on other machines compare.
 The load average is printed (other processes share the cores).
 
-Usage: python bench/bench_dag.py [--params params.yaml] [--keep] [--json out.json] [--dry]
+Usage: python -m bench.bench_dag [--params params.yaml] [--keep] [--json out.json] [--dry]
 (--dry: `dvc stage list` instead of `dvc repro`: runs no stage; checks the copy, DVC's reading of
 dvc.yaml and the params, and the table, in seconds)
 """

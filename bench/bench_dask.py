@@ -9,21 +9,18 @@ are compared bit for bit with the first. Data: a small synthesized set; the rest
 initialised (saved in the model folder format), which costs the same as a trained one.
 The load average is printed before and after (other processes share the cores).
 
-Usage: python bench/bench_dask.py [--images 32] [--steps 20] [--batch 2] [--shard-images 4] [--size small]
+Usage: python -m bench.bench_dask [--images 32] [--steps 20] [--batch 2] [--shard-images 4] [--size small]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "src"))
 
 PARAMS = {
     "seed": 0,

@@ -10,7 +10,7 @@ Two measurements, each interleaved in the same run so that the machine's speed d
 Each is timed in fp32 and under CPU bf16 autocast (the training default on a CPU with AMX), best of
 ``--repeat`` rounds of ``--iters`` steps. Prints ms and the ratio reference / ours (> 1: ours is faster).
 
-Usage: python bench/bench_dynamic_conv.py [--batch 8] [--px 64] [--iters 10] [--repeat 3] [--json out.json]
+Usage: python -m bench.bench_dynamic_conv [--batch 8] [--px 64] [--iters 10] [--repeat 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from udcguard.models import discnet  # noqa: E402
-from udcguard.models.discnet import DISCNet, dynamic_conv, dynamic_conv_unfold  # noqa: E402
+from udcguard.models import discnet
+from udcguard.models.discnet import DISCNet, dynamic_conv, dynamic_conv_unfold
 
 FORMS = {"taps (ours)": dynamic_conv, "unfold (reference)": dynamic_conv_unfold}
 

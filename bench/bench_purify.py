@@ -4,21 +4,18 @@ udcguard's Purifier (per-image seeds, padding, batching) against the bare refere
 loop (add_noise at t*, then unet + scheduler.step for t = t* .. 0) on the same UNet and
 the same images; both in this run, best of --repeat. Ratio > 1: udcguard is faster.
 
-Usage: python bench/bench_purify.py [--unet tiny] [--batch 16] [--px 64] [--t-star 100] [--device auto]
+Usage: python -m bench.bench_purify [--unet tiny] [--batch 16] [--px 64] [--t-star 100] [--device auto]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from udcguard.purify import Purifier, build_unet_preset, make_scheduler  # noqa: E402
+from bench._common import best_of
+from udcguard.purify import Purifier, build_unet_preset, make_scheduler
 
 
 def reference(unet, scheduler, x: torch.Tensor, t_star: int, gen: torch.Generator) -> torch.Tensor:
@@ -31,19 +28,6 @@ def reference(unet, scheduler, x: torch.Tensor, t_star: int, gen: torch.Generato
             eps = unet(z, t).sample
             z = scheduler.step(eps, t, z, generator=gen).prev_sample
     return ((z + 1) / 2).clamp(0, 1)
-
-
-def best_of(fn, repeat: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:

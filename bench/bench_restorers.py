@@ -5,7 +5,7 @@ reference, measured in the same run, is the plain U-Net of the same size preset;
 prints its throughput and the ratio to that reference. Parameter counts are printed next to
 it (``paper`` is the published configuration; on a CPU use ``--size small``).
 
-Usage: python bench/bench_restorers.py [--size small] [--batch 2] [--px 256] [--repeat 3]
+Usage: python -m bench.bench_restorers [--size small] [--batch 2] [--px 256] [--repeat 3]
                                         [--arch discnet --arch uformer ...] [--device auto]
                                         [--amp] [--json out.json]
 """
@@ -15,22 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from udcguard.models import RESTORERS, build_restorer, num_parameters  # noqa: E402
+from bench._common import sync
+from udcguard.models import RESTORERS, build_restorer, num_parameters
 
 REFERENCE = "unet"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def throughput(arch: str, size: str, batch: int, px: int, repeat: int, device: torch.device, amp: bool) -> dict:
@@ -52,10 +46,10 @@ def throughput(arch: str, size: str, batch: int, px: int, repeat: int, device: t
     step()  # warm-up (allocations, cuDNN autotuning)
     times = []
     for _ in range(repeat):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     best = min(times)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")

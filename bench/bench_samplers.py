@@ -11,7 +11,7 @@ purifier stage); with a random-init UNet (the default) it checks that the bench 
 Images: --inputs (a .pt or .npy array (N, 3, H, W) or (N, H, W, 3) in [0, 1]; the first
 --batch are used, centre-cropped to --px) or smooth synthetic images.
 
-Usage: python bench/bench_samplers.py [--purifier data/purifier] [--unet small] [--px 256]
+Usage: python -m bench.bench_samplers [--purifier data/purifier] [--unet small] [--px 256]
            [--batch 4] [--t-star 100] [--ddim-steps 5,10,20,50] [--tile 128 --overlap 32]
            [--autocast bf16] [--channels-last] [--compile] [--device auto] [--repeat 2]
 """
@@ -19,19 +19,16 @@ Usage: python bench/bench_samplers.py [--purifier data/purifier] [--unet small] 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from udcguard.io.purifier_store import load_purifier  # noqa: E402
-from udcguard.purify import Purifier, build_unet_preset, make_scheduler  # noqa: E402
-from udcguard.purify import unet_calls  # noqa: E402
+from udcguard.io.purifier_store import load_purifier
+from udcguard.purify import Purifier, build_unet_preset, make_scheduler
+from udcguard.purify import unet_calls
 
 
 def load_images(path: str | None, n: int, px: int) -> torch.Tensor:

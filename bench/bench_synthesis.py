@@ -7,35 +7,25 @@ Measured in one run, on this machine:
     channel on the same regions and PSFs (ratio > 1: udcguard is faster);
   * end-to-end synthesis (scene preparation + formation + lights) in pairs/s.
 
-Usage: python bench/bench_synthesis.py [--params params.yaml] [--pairs 200]
+Usage: python -m bench.bench_synthesis [--params params.yaml] [--pairs 200]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import scipy.signal
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import best_of
 from udcguard.config import load_params
 from udcguard.degradation.dataset import build_scene_sources, scene_pairs
-from udcguard.degradation.formation import PSFKernel, form_udc  # noqa: E402
+from udcguard.degradation.formation import PSFKernel, form_udc
 from udcguard.degradation.synth import plan_split
 from udcguard.optics.bank import build_psf_bank
-
-
-def _best(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def reference_form(region: np.ndarray, psf: np.ndarray, clip_max: float) -> np.ndarray:
@@ -51,7 +41,7 @@ def main() -> None:
     p = load_params(args.params)
     k, crop = p.psf.kernel_size, p.dataset.crop_px
 
-    t_bank = _best(lambda: build_psf_bank(p.psf, p.seed, Path(".")), repeat=2)
+    t_bank = best_of(lambda: build_psf_bank(p.psf, p.seed, Path(".")), repeat=2)
     bank = build_psf_bank(p.psf, p.seed, Path("."))
     psfs = [(e.name, e.psf) for e in bank]
     print(f"PSF bank: {len(bank)} PSFs of {k}x{k}x3 in {t_bank:.3f} s ({t_bank / len(bank):.3f} s/PSF)")
@@ -61,8 +51,8 @@ def main() -> None:
     regions = [rng.random((side, side, 3)) ** 8 * 50 for _ in range(args.pairs)]
     kernels = [psfs[i % len(psfs)][1] for i in range(args.pairs)]
     cached = {id(q): PSFKernel(q) for q in kernels}  # as synthesis does: one kernel object per PSF
-    t_ours = _best(lambda: [form_udc(r, cached[id(q)], clip_max=p.formation.clip_max) for r, q in zip(regions, kernels)])
-    t_ref = _best(lambda: [reference_form(r, q, p.formation.clip_max) for r, q in zip(regions, kernels)])
+    t_ours = best_of(lambda: [form_udc(r, cached[id(q)], clip_max=p.formation.clip_max) for r, q in zip(regions, kernels)])
+    t_ref = best_of(lambda: [reference_form(r, q, p.formation.clip_max) for r, q in zip(regions, kernels)])
     err = max(np.abs(form_udc(r, q)[0] - reference_form(r, q, 500.0)).max() for r, q in zip(regions[:5], kernels[:5]))
     print(f"formation ({side}x{side} region, crop {crop}): udcguard {args.pairs / t_ours:.0f} pairs/s, "
           f"scipy.signal.fftconvolve per channel {args.pairs / t_ref:.0f} pairs/s, "

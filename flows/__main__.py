@@ -176,7 +176,7 @@ def remote_setup(url: Annotated[str, typer.Argument(help="s3://bucket/prefix")],
                  project: Annotated[bool, typer.Option("--project", help="write .dvc/config (committed), "
                                                        "not .dvc/config.local")] = False) -> None:
     """Add an S3 remote as DVC's default; endpointurl from AWS_ENDPOINT_URL; no credentials written."""
-    from tasks import storage
+    from ops import storage
 
     def run() -> str:
         r = storage.setup_remote(url, name, project)
@@ -189,7 +189,7 @@ def remote_setup(url: Annotated[str, typer.Argument(help="s3://bucket/prefix")],
 @remote_app.command("check")
 def remote_check(remote: RemoteOpt = None, attempts: AttemptsOpt = 4, retry_delay: DelayOpt = 1.0) -> None:
     """Check that the remote's bucket answers (head_bucket, retried with backoff)."""
-    from tasks import storage
+    from ops import storage
 
     def run() -> str:
         r = storage.remote(remote)
@@ -202,7 +202,7 @@ def remote_check(remote: RemoteOpt = None, attempts: AttemptsOpt = 4, retry_dela
 @remote_app.command("push")
 def remote_push(remote: RemoteOpt = None, attempts: AttemptsOpt = 4, retry_delay: DelayOpt = 1.0) -> None:
     """`dvc push` after a reachability check, retried with backoff."""
-    from tasks.storage import transfer
+    from ops.storage import transfer
 
     _storage(lambda: f"ok: dvc push: {transfer('push', remote, '.', attempts, retry_delay)}")
 
@@ -210,7 +210,7 @@ def remote_push(remote: RemoteOpt = None, attempts: AttemptsOpt = 4, retry_delay
 @remote_app.command("pull")
 def remote_pull(remote: RemoteOpt = None, attempts: AttemptsOpt = 4, retry_delay: DelayOpt = 1.0) -> None:
     """`dvc pull` after a reachability check, retried with backoff."""
-    from tasks.storage import transfer
+    from ops.storage import transfer
 
     _storage(lambda: f"ok: dvc pull: {transfer('pull', remote, '.', attempts, retry_delay)}")
 
@@ -219,7 +219,7 @@ def remote_pull(remote: RemoteOpt = None, attempts: AttemptsOpt = 4, retry_delay
 def remote_verify(remote: RemoteOpt = None, deep: Annotated[bool, typer.Option(
         "--deep", help="hash every object, even when its ETag matches")] = False) -> None:
     """Check that every object on the remote has the md5 its key names (no partial uploads)."""
-    from tasks import storage
+    from ops import storage
 
     def run() -> str:
         r = storage.remote(remote)
@@ -239,8 +239,8 @@ def mlflow_server(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     """Start an MLflow tracking server (sqlite backend, proxied artefacts); prints the URI to export."""
     import os
 
-    from tasks import storage
-    from tasks.tracking import server_command
+    from ops import storage
+    from ops.tracking import server_command
 
     def run() -> str:
         cmd = server_command(host, port, backend_store_uri, artifacts_destination, workers)

@@ -14,7 +14,7 @@ import tasks.shards
 from tasks.attack import attack_restorer
 from flows.stages import BY_NAME
 from tasks.common import Paths, file_digest
-from tasks.tracking import stage_run
+from ops.tracking import stage_run
 from udcguard.config import load_params
 from udcguard.io.atomic import save_json, staged_output
 

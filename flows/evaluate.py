@@ -9,7 +9,7 @@ from prefect import flow
 
 from tasks.evaluate import evaluate_pipeline, evaluate_user_pairs
 from tasks.report import write_report
-from tasks.tracking import stage_run
+from ops.tracking import stage_run
 from udcguard.config import load_params
 
 

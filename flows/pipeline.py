@@ -52,7 +52,7 @@ def pipeline(params_path: str = "params.yaml", overrides: dict[str, Any] | None 
     """synthesize -> train (restorers, purifier) -> select t* -> purify train set -> per restorer: finetune ->
     attack (base and fine-tuned) -> purify -> adaptive attacks -> evaluate -> report.
 
-    The stages' MLflow runs gather under one parent run (see tasks/tracking.py).
+    The stages' MLflow runs gather under one parent run (see ops/tracking.py).
     """
     params = load_params(params_path, overrides)
     common = {"params_path": params_path, "overrides": overrides, "data_dir": data_dir}

@@ -14,7 +14,7 @@ from tasks.synthesize import (
     write_preview,
     write_psf_bank,
 )
-from tasks.tracking import stage_run
+from ops.tracking import stage_run
 from udcguard.config import load_params
 from udcguard.io.atomic import staged_output
 

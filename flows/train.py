@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 from flows.stages import BY_NAME
 from tasks.common import Paths, file_digest
-from tasks.tracking import stage_run
+from ops.tracking import stage_run
 from tasks.train import finetune_restorer, train_purifier, train_restorer
 from udcguard.config import DistributedParams, load_params
 from udcguard.io.atomic import staged_output

@@ -37,7 +37,7 @@ def fingerprint(params: Params, *sections: str, extra: str = "", upstream: Itera
     """Hash of params sections, udcguard's source and the content of the ``upstream`` DVC outputs a stage
     reads: a staging dir or checkpoint is reused only if equal."""
     h = hashlib.sha256(extra.encode())
-    for s in sections:  # "purifier" or a dotted sub-key, "purifier.max_timestep"
+    for s in sections:  # "diffusion" or a dotted sub-key, "diffusion.max_timestep"
         value = params
         for part in s.split("."):
             value = getattr(value, part)

@@ -1,6 +1,6 @@
 """torchrun entry: fine-tune one restorer with DistributedDataParallel, one process per rank.
 
-Started by :func:`tasks.train.finetune_restorer` through :func:`tasks.launch.run_torchrun`::
+Started by :func:`tasks.train.finetune_restorer` through :func:`ops.launch.run_torchrun`::
 
     python -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node N \\
         -m tasks.ddp_finetune --params P.json --restorer NAME --data-dir D --out-dir O \\
@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tasks.common import Paths
-from tasks.launch import report_failure
+from ops.launch import report_failure
 from tasks.restorers import finetuning
 from udcguard.config import params_from_dict
 from udcguard.errors import UdcGuardError

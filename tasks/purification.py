@@ -166,7 +166,7 @@ def finetune_t_stars(params: Params, paths: Paths) -> list[int]:
     f = params.finetune
     if f.t_stars != "auto":
         return list(f.t_stars)
-    t, top = selected_t_star(params, paths), params.purifier.max_timestep or params.purifier.num_train_timesteps - 1
+    t, top = selected_t_star(params, paths), params.diffusion.max_timestep or params.diffusion.num_train_timesteps - 1
     return sorted({min(top, max(1, round(k * t))) for k in f.t_star_factors}) if t > 0 else []
 
 

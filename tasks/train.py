@@ -11,9 +11,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import Paths, progress, resolve_device
-from tasks.launch import run_torchrun
+from ops.launch import run_torchrun
 from tasks.restorers import finetune_pairs, finetuning
-from tasks.tracking import RunLogger
+from ops.tracking import RunLogger
 from udcguard.config import Params
 from udcguard.errors import ConfigError
 from udcguard.io.atomic import read_json, save_json, write_bytes
@@ -142,7 +142,7 @@ def train_purifier(params: Params, data_dir: str, out_dir: str, fp: str, run_id:
     from udcguard.io.purifier_store import load_purifier, save_purifier  # diffusers: only in this stage
     from udcguard.purify import Purifier, build_unet_preset, diffusion_loss, make_scheduler
 
-    paths, p = Paths(data_dir), params.purifier
+    paths, p = Paths(data_dir), params.diffusion
     device = resolve_device(p.device)
     scheduler = make_scheduler(p.num_train_timesteps)
     if p.unet_path is not None:

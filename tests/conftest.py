@@ -45,7 +45,7 @@ TINY: dict = {
     },
     "restorers": {"unet": {"arch": "unet", "size": "tiny"}, "discnet": {"arch": "discnet", "size": "tiny"}},
     "train": {"steps": 6, "batch_size": 4, "crop_px": 32, "checkpoint_every": 3},
-    "purifier": {"unet": "tiny", "num_train_timesteps": 100, "steps": 6, "batch_size": 4, "crop_px": 32,
+    "diffusion": {"unet": "tiny", "num_train_timesteps": 100, "steps": 6, "batch_size": 4, "crop_px": 32,
                  "checkpoint_every": 3},
     "attack": {
         "max_images": 3,

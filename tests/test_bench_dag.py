@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,10 +11,9 @@ from tests.conftest import REPO
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_dag", REPO / "bench" / "bench_dag.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from bench import bench_dag
+
+    return bench_dag
 
 
 def test_stage_times_run_from_one_stage_line_to_the_next() -> None:
@@ -27,8 +25,8 @@ def test_stage_times_run_from_one_stage_line_to_the_next() -> None:
 
 def test_dry_run_lists_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "t.json"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_dag.py"), "--dry", "--json", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "bench.bench_dag", "--dry", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     stages = [s["stage"] for s in json.loads(out.read_text())["stages"]]
     assert stages[0] == "synthesize" and "report" in stages and any(s.startswith("attack@") for s in stages)

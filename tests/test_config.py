@@ -145,3 +145,24 @@ def test_dvc_yaml_agrees_with_params_and_cli() -> None:
             if not dep.startswith(("data/", "reports/")):
                 assert (REPO / dep).exists(), dep
     assert {"pipeline", "check-params"} <= commands
+
+
+def test_the_old_purifier_section_loads_with_a_warning(tiny: dict, tmp_path) -> None:
+    new = params_from_dict(tiny)
+    old = dict(tiny)
+    old["purifier"] = old.pop("diffusion")
+    with pytest.warns(FutureWarning, match="'purifier' is deprecated, rename it 'diffusion'"):
+        assert params_from_dict(old) == new
+    with pytest.raises(ConfigError, match="purifier: the old name of diffusion; give only diffusion"):
+        params_from_dict({**tiny, "purifier": tiny["diffusion"]})
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    with pytest.warns(FutureWarning, match="--set purifier.steps: section .purifier. is deprecated, use .diffusion."):
+        assert load_params(path, {"purifier.steps": 9}).diffusion.steps == 9
+
+
+def test_cross_section_checks_are_named_validators() -> None:
+    names = [n for n in vars(Params) if n.startswith("_") and not n.startswith("__")]
+    decorators = Params.__pydantic_decorators__.model_validators
+    assert {"_unique_restorer_names", "_attack_sets_can_run", "_timesteps_within_the_purifier",
+            "_ranks_divide_the_batch", "_crops_fit", "_renamed_sections"} <= set(decorators), names

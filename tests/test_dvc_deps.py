@@ -19,10 +19,10 @@ import yaml
 
 from tests.conftest import REPO
 
-ROOTS = {"flows": REPO / "flows", "tasks": REPO / "tasks", "udcguard": REPO / "src" / "udcguard"}
-EXEMPT = {"flows/__main__.py", "flows/__init__.py", "tasks/__init__.py", "src/udcguard/__init__.py"}
+ROOTS = {"flows": REPO / "flows", "tasks": REPO / "tasks", "ops": REPO / "ops", "udcguard": REPO / "src" / "udcguard"}
+EXEMPT = {"flows/__main__.py", "flows/__init__.py", "tasks/__init__.py", "ops/__init__.py", "src/udcguard/__init__.py"}
 TABLE = REPO / "flows" / "stages.py"  # names every stage's flow in a string: each stage's own comes from cli_imports
-MODULE_STRING = re.compile(r"((?:flows|tasks|udcguard)(?:\.\w+)+)(?::\w+)?")
+MODULE_STRING = re.compile(r"((?:flows|tasks|ops|udcguard)(?:\.\w+)+)(?::\w+)?")
 
 
 def module_file(name: str) -> Path | None:
@@ -114,11 +114,11 @@ def covered(file: str, deps: list[str]) -> bool:
 
 def test_closure_follows_imports_and_strings() -> None:
     files = closure({"flows.train"})
-    assert {"flows/train.py", "tasks/train.py", "tasks/launch.py", "src/udcguard/io/atomic.py",
-            "src/udcguard/attacks/pgd.py"} <= files  # config.py imports the registries to check params
+    assert {"flows/train.py", "tasks/train.py", "ops/launch.py", "src/udcguard/io/atomic.py",
+            "src/udcguard/attacks/pgd.py"} <= files  # config/ imports the registries to check params
     assert "tasks.ddp_finetune" in direct_imports(REPO / "tasks" / "train.py")  # named as a string for torchrun
     assert "tasks/ddp_finetune.py" in files and not EXEMPT & files
-    tracking = REPO / "tasks" / "tracking.py"
+    tracking = REPO / "ops" / "tracking.py"
     assert "udcguard.config" in direct_imports(tracking)  # imported inside a function
     assert "import udcguard.config" not in tracking.read_text()  # ... and under TYPE_CHECKING (skipped)
     assert covered("src/udcguard/io/atomic.py", ["src/udcguard/io"])

@@ -1,4 +1,5 @@
-"""Imports go one way: udcguard <- tasks <- flows; only tasks/tracking.py imports mlflow."""
+"""Imports go one way: udcguard <- ops <- tasks <- flows; only ops/tracking.py imports mlflow;
+ops imports no Prefect."""
 
 from __future__ import annotations
 
@@ -23,15 +24,23 @@ def test_domain_library_is_pure() -> None:
     files = list((REPO / "src" / "udcguard").rglob("*.py"))
     assert len(files) > 10
     for f in files:
-        bad = _imports(f) & {"prefect", "mlflow", "dvc", "tasks", "flows", "typer", "boto3", "tqdm"}
+        bad = _imports(f) & {"prefect", "mlflow", "dvc", "ops", "tasks", "flows", "typer", "boto3", "tqdm"}
         assert not bad, f"{f.relative_to(REPO)} imports {bad}"
 
 
 def test_tasks_do_not_import_flows_and_mlflow_is_confined() -> None:
     for f in (REPO / "tasks").rglob("*.py"):
         mods = _imports(f)
-        assert "flows" not in mods, f
-        if f.name != "tracking.py":
-            assert "mlflow" not in mods, f
+        assert not mods & {"flows", "mlflow"}, f
     for f in (REPO / "flows").rglob("*.py"):
         assert "mlflow" not in _imports(f), f
+
+
+def test_ops_are_services_without_prefect() -> None:
+    files = list((REPO / "ops").rglob("*.py"))
+    assert {f.name for f in files} >= {"storage.py", "tracking.py", "launch.py"}
+    for f in files:
+        mods = _imports(f)
+        assert not mods & {"tasks", "flows", "prefect"}, f"{f.relative_to(REPO)} imports {mods & {'tasks', 'flows', 'prefect'}}"
+        if f.name != "tracking.py":
+            assert "mlflow" not in mods, f

@@ -219,13 +219,13 @@ def test_killed_training_resumes_to_the_same_weights(run_dir: Path, tmp_path: Pa
 
 
 def test_external_diffusers_unet_folder_as_purifier(run_dir: Path, tmp_path: Path) -> None:
-    """purifier.unet_path: any local diffusers-format UNet folder is adopted instead of training."""
+    """diffusion.unet_path: any local diffusers-format UNet folder is adopted instead of training."""
     from flows.train import train_purifier_flow
     from udcguard.io.purifier_store import load_purifier
 
     data = tmp_path / "data"
     train_purifier_flow(params_path=str(run_dir / "params.yaml"), data_dir=str(data),
-                        overrides={"purifier.unet_path": str(run_dir / "data" / "purifier" / "unet")})
+                        overrides={"diffusion.unet_path": str(run_dir / "data" / "purifier" / "unet")})
     x = torch.rand(1, 3, 32, 32)
     a = load_purifier(data / "purifier").purify(x, t_star=3, seeds=[1])
     b = load_purifier(run_dir / "data" / "purifier").purify(x, t_star=3, seeds=[1])

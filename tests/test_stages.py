@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from flows.stages import BY_NAME, KEY, STAGES
 from tests.conftest import REPO
 
-CODE = ("src/", "tasks/", "flows/")
+CODE = ("src/", "ops/", "tasks/", "flows/")
 
 
 def _dvc() -> dict[str, dict]:
@@ -55,7 +55,7 @@ def test_cli_registers_every_stage_with_its_options() -> None:
 
 
 def test_fingerprint_reads_exactly_the_stage_params_keys(tmp_path: Path) -> None:
-    """purify_train reads purifier.max_timestep (a dotted key) but not purifier.lr: only the first moves its
+    """purify_train reads diffusion.max_timestep (a dotted key) but not diffusion.lr: only the first moves its
     resume key; a restorer's own keys move train_restorer's."""
     from tests.conftest import TINY
     from udcguard.config import params_from_dict
@@ -68,8 +68,8 @@ def test_fingerprint_reads_exactly_the_stage_params_keys(tmp_path: Path) -> None
 
     ref = BY_NAME["purify_train"].fingerprint(base, data_dir=tmp_path)
     assert fp("purify_train") == ref
-    assert fp("purify_train", purifier={"max_timestep": base.purifier.max_timestep + 1 if base.purifier.max_timestep
+    assert fp("purify_train", diffusion={"max_timestep": base.diffusion.max_timestep + 1 if base.diffusion.max_timestep
                                         else 50}) != ref
-    assert fp("purify_train", purifier={"lr": base.purifier.lr * 2}) == ref
+    assert fp("purify_train", diffusion={"lr": base.diffusion.lr * 2}) == ref
     assert fp("train_restorer", train={"lr": base.train.lr * 2}) != BY_NAME["train_restorer"].fingerprint(
         base, data_dir=tmp_path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import storage
+from ops import storage
 from tests.conftest import REPO
 
 SECRET = "s3cr3t-never-print-me-0123456789"
@@ -138,7 +138,7 @@ def test_verify_catches_partial_object_and_missing_bucket(tmp_path: Path, monkey
 def test_mlflow_artifact_upload_retries_then_names_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
-    from tasks import tracking
+    from ops import tracking
 
     endpoint = f"http://127.0.0.1:{_dead_port()}"
     _aws_env(monkeypatch, tmp_path, None)

@@ -134,6 +134,32 @@ def test_spec_of_a_hand_built_model_names_its_preset_or_fails() -> None:
         restorer_spec(DISCNet(nf=4, num_blocks=0))
 
 
+def test_config_is_the_constructor_arguments_with_defaults() -> None:
+    import inspect
+
+    for arch in ARCHS:
+        cls = RESTORERS.get(arch)
+        model = _tiny(arch)
+        names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+        assert list(model.config) == names, arch
+        for key, value in cls.presets["tiny"].items():
+            assert model.config[key] == value, (arch, key)
+        if cls.conditional:
+            assert model.config["cond_dim"] == D
+    # positional arguments, a list where the preset has a tuple, and a subclass that chains __init__
+    unet = RESTORERS.get("unet")(width=8, depth=2)
+    assert unet.config == {"channels": 3, "width": 8, "depth": 2}
+
+    class Wide(unet.__class__):
+        def __init__(self, extra: int = 7) -> None:
+            super().__init__(width=8 * extra, depth=1)
+
+    assert Wide(2).config == {"extra": 2} and Wide().config == {"extra": 7}
+    nafnet = RESTORERS.get("nafnet")
+    listed = {k: list(v) if isinstance(v, tuple) else v for k, v in nafnet.presets["tiny"].items()}
+    assert restorer_spec(nafnet(**listed))["size"] == "tiny"
+
+
 # --- conditioning -------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import traceback
 
 import torch.distributed as dist
 
-from tasks.launch import report_failure
+from ops.launch import report_failure
 
 if __name__ == "__main__":
     rank = int(os.environ["RANK"])

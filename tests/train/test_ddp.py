@@ -131,7 +131,7 @@ def _stop() -> None:
 
 
 def test_failing_rank_is_named(tmp_path: Path) -> None:
-    from tasks.launch import run_torchrun
+    from ops.launch import run_torchrun
 
     with pytest.raises(UdcGuardError) as err:
         run_torchrun("tests.train.ddp_failing", [], nproc=2, work_dir=tmp_path, timeout_s=120, what="job")
@@ -142,7 +142,7 @@ def test_failing_rank_is_named(tmp_path: Path) -> None:
 
 def test_bad_arguments_and_batch_split(tmp_path: Path, monkeypatch) -> None:
     from tasks.ddp_finetune import main
-    from tasks.launch import ERROR_DIR_ENV
+    from ops.launch import ERROR_DIR_ENV
     from tasks.train import resolve_distributed
 
     monkeypatch.setenv(ERROR_DIR_ENV, str(tmp_path))
@@ -176,7 +176,7 @@ def test_loss_reaches_a_wrapped_conditional_restorer() -> None:
 
 
 def test_torchrun_command() -> None:
-    from tasks.launch import torchrun_command
+    from ops.launch import torchrun_command
 
     cmd = torchrun_command("tasks.ddp_finetune", ["--x", "1"], nproc=4, log_dir=Path("L"))
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in cmd

@@ -16,7 +16,9 @@ The constructor arguments are the config: ``model.config`` holds them, so
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -38,8 +40,9 @@ class UnknownSizeError(UnknownNameError, ValueError):
 class Restorer(nn.Module):
     """Base of all restorers: padding to ``multiple``, cond checks, residual output, crop.
 
-    Subclasses set the class attributes, store their constructor keyword arguments in
-    ``self.config`` and implement :meth:`_forward`, which returns the residual.
+    Subclasses set the class attributes and implement :meth:`_forward`, which returns the
+    residual. Their constructor arguments (defaults filled in) become ``self.config`` by
+    themselves: every subclass ``__init__`` is wrapped by :func:`_records_config`.
 
     Attributes:
         multiple: input sides are padded up to a multiple of this (2 ** number of downsamplings).
@@ -76,6 +79,11 @@ class Restorer(nn.Module):
                 return cls.official_prefixes[prefix] + key[len(prefix):]
         return key
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _records_config(cls.__dict__["__init__"])
+
     def __init__(self) -> None:
         super().__init__()
         self.config: dict[str, Any] = {}
@@ -109,6 +117,21 @@ class Restorer(nn.Module):
                 f"{name}: cond must have shape (B, cond_dim) = {expected}, got {tuple(cond.shape)}"
             )
         return cond.to(dtype=x.dtype, device=x.device)
+
+
+def _records_config(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a restorer's ``__init__`` so that it ends with ``self.config`` = its arguments, by name,
+    defaults filled in (the outermost constructor wins when subclasses chain ``super().__init__``)."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: Restorer, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        self.config = dict(list(bound.arguments.items())[1:])
+
+    return wrapper
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -182,7 +205,12 @@ def _with_defaults(cls: type[Restorer], kwargs: dict[str, Any]) -> dict[str, Any
     full = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
     full.update(kwargs)
     full.pop("cond_dim", None)
-    return full
+    return {k: _tuples(v) for k, v in full.items()}
+
+
+def _tuples(value: Any) -> Any:
+    """Lists as tuples, recursively: ``depths=[1, 2]`` and ``depths=(1, 2)`` are one config."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -276,14 +276,6 @@ class BNUDC(Restorer):
             raise ValueError("BNUDC needs channels, widths >= 1 and block counts, scale_feats >= 0")
         if n_feat_high % 2 or n_feat_low % 2 or scale_feats % 2:
             raise ValueError("BNUDC widths and scale_feats must be even (SDRB halves them)")
-        self.config = {
-            "channels": channels,
-            "n_feat_high": n_feat_high,
-            "n_feat_low": n_feat_low,
-            "scale_feats": scale_feats,
-            "num_blk": num_blk,
-            "enc_blocks": enc_blocks,
-        }
         c = channels
         # high-frequency branch (half resolution via pixel unshuffle)
         self.shallow_feat = nn.Sequential(_conv(4 * c, n_feat_high, 3, bias=True), SDRB(n_feat_high))

@@ -226,15 +226,6 @@ class DISCNet(Restorer):
             raise ValueError(f"DISCNet kernel_size must be odd and >= 1, got {kernel_size}")
         if min(channels, cond_dim, nf) < 1 or num_blocks < 0:
             raise ValueError("DISCNet needs channels, cond_dim, nf >= 1 and num_blocks >= 0")
-        self.config = {
-            "channels": channels,
-            "cond_dim": cond_dim,
-            "nf": nf,
-            "num_blocks": num_blocks,
-            "kernel_size": kernel_size,
-            "filter_input": filter_input,
-            "released": released,
-        }
         self.cond_dim = cond_dim
         self.k = kernel_size
         self.filter_input = filter_input

@@ -240,15 +240,6 @@ class DWFormer(Restorer):
             raise ValueError(f"DWFormer kernel_size must be odd and >= 1, got {kernel_size}")
         if ca_pooling not in CA_POOLINGS:
             raise ValueError(f"DWFormer ca_pooling must be one of {', '.join(CA_POOLINGS)}, got {ca_pooling!r}")
-        self.config = {
-            "channels": channels,
-            "emb_dims": d,
-            "mlp_ratios": r,
-            "depths": n,
-            "se_ratio": se_ratio,
-            "kernel_size": kernel_size,
-            "ca_pooling": ca_pooling,
-        }
         depth = max(1, sum(n))
 
         def layer(i: int) -> BasicLayer:

@@ -170,15 +170,6 @@ class NAFNet(Restorer):
             raise ValueError("NAFNet needs channels, width, expansions >= 1 and block counts >= 0")
         if dw_expand * width % 2 or ffn_expand * width % 2:
             raise ValueError("NAFNet needs even expanded widths (SimpleGate splits channels in two)")
-        self.config = {
-            "channels": channels,
-            "width": width,
-            "enc_blk_nums": enc,
-            "middle_blk_num": middle_blk_num,
-            "dec_blk_nums": dec,
-            "dw_expand": dw_expand,
-            "ffn_expand": ffn_expand,
-        }
         self.multiple = 2 ** len(enc)
         self.intro = nn.Conv2d(channels, width, 3, padding=1)
         self.encoders = nn.ModuleList()

@@ -231,11 +231,6 @@ class Restormer(Restorer):
             raise ValueError(
                 f"Restormer layernorm_type must be one of {', '.join(LAYERNORM_TYPES)}, got {layernorm_type!r}"
             )
-        self.config = {
-            "channels": channels, "dim": dim, "num_blocks": num_blocks,
-            "num_refinement_blocks": num_refinement_blocks, "heads": heads,
-            "ffn_expansion_factor": ffn_expansion_factor, "bias": bias, "layernorm_type": layernorm_type,
-        }  # fmt: skip
 
         def stage(width: int, n_heads: int, n: int) -> nn.Sequential:
             return nn.Sequential(

@@ -179,14 +179,6 @@ class UDCUNet(Restorer):
             raise ValueError(f"UDCUNet kernel_size must be odd and >= 1, got {kernel_size}")
         if min(channels, cond_dim, nf, sft_nf) < 1:
             raise ValueError("UDCUNet needs channels, cond_dim, nf, sft_nf >= 1")
-        self.config = {
-            "channels": channels,
-            "cond_dim": cond_dim,
-            "nf": nf,
-            "depths": depths,
-            "kernel_size": kernel_size,
-            "sft_nf": sft_nf,
-        }
         self.cond_dim = cond_dim
         self.k = kernel_size
         widths = [nf << s for s in range(NUM_SCALES)]  # nf, 2 nf, 4 nf, 8 nf

@@ -297,10 +297,6 @@ class Uformer(Restorer):
         num_heads = [d // embed_dim for d in stage_dims] if heads_arg is None else heads_arg
         if len(num_heads) != len(depths) or any(d % h for d, h in zip(stage_dims, num_heads)):
             raise ValueError(f"Uformer num_heads {num_heads} must divide the stage widths {stage_dims}")
-        self.config = {
-            "channels": channels, "embed_dim": embed_dim, "depths": depths, "num_heads": heads_arg,
-            "win_size": win_size, "mlp_ratio": mlp_ratio, "modulator": modulator,
-        }  # fmt: skip
         self.levels = levels
         self.multiple = win_size * 2**levels
 

@@ -64,7 +64,6 @@ class UNet(Restorer):
         super().__init__()
         if channels < 1 or width < 1 or depth < 1:
             raise ValueError(f"UNet needs channels, width, depth >= 1, got {channels}, {width}, {depth}")
-        self.config = {"channels": channels, "width": width, "depth": depth}
         self.multiple = 2**depth
         widths = [width * 2**i for i in range(depth + 1)]  # level 0 .. bottleneck
         self.stem = DoubleConv(channels, widths[0])

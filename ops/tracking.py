@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks import storage
+from ops import storage
 from udcguard.errors import UdcGuardError
 
 if TYPE_CHECKING:  # udcguard.config imports torch: not needed to start a server
