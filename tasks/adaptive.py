@@ -18,8 +18,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.attack import level_seed, objective_for
-from tasks.common import DEFENDED, Paths, adaptive_set, draw_dir, progress, resolve_device
-from tasks.purification import deployed_purifier, draw_seed, purify_set, sampler_options, selected_t_star
+from tasks.common import DEFENDED, Paths, adaptive_set, draw_dir, progress, resolve_device, selected_t_star
+from tasks.purification import deployed_purifier, draw_seed, purify_set, sampler_options
 from udcguard.attacks.adaptive import DefendedModel
 from udcguard.attacks.build import build_attack
 from udcguard.config import AttackSpec, Params

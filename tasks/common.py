@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 import udcguard
 from udcguard.config import Params
 from udcguard.errors import UdcGuardError
-from udcguard.io.atomic import sha256_file
+from udcguard.io.atomic import read_json, sha256_file
 
 #: A folder holding this file is hashed by it alone: udcguard's manifests (data/udc/<split>,
 #: input sets written by save_inputs) carry the sha256 of each of the folder's data files.
@@ -180,3 +180,18 @@ def draw_dir(set_name: str, k: int) -> str:
 def adaptive_set(setting: str, defence: str, eps: float) -> str:
     """Directory of one adaptive set: ``<setting>.<defence>.eps_<level>``."""
     return f"{setting}.{defence.replace('+', '_')}.eps_{eps:g}"
+
+
+def selected_t_star(params: Params, paths: Paths) -> int:
+    """t* in use: params.purify.t_star, or the select_tstar stage's choice when it is auto."""
+    if params.purify.t_star != "auto":
+        return params.t_star_fixed()
+    info = read_json(paths.tstar, "t* selection", hint=" (run the select_tstar stage first)")
+    return int(info["t_star"])
+
+
+def sampler_steps(params: Params, t_star: int) -> int | None:
+    """Reverse steps of one purification at ``t_star``: DDIM takes ``purify.ddim_steps``, or t* when t* is
+    smaller (one step per timestep at most); None for DDPM (every timestep t*, ..., 0)."""
+    p = params.purify
+    return max(1, min(p.ddim_steps, t_star)) if p.sampler == "ddim" else None

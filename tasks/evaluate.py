@@ -12,14 +12,26 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.attack import FINETUNED, TARGETS, levels, set_name, targets
-from tasks.common import DEFENDED, Paths, adaptive_set, draw_dir, progress, resolve_device
+from tasks.common import DEFENDED, Paths, adaptive_set, draw_dir, progress, resolve_device, sampler_steps, selected_t_star
 from udcguard.config import Params
 from udcguard.errors import UdcGuardError
-from udcguard.evaluation import DEFENCES, METRICS, merge_draws, nested, score_images, setting_of, summary_table
+from udcguard.evaluation import (
+    AVERAGED,
+    METRICS,
+    defences,
+    merge_draws,
+    nested,
+    reduce_draws,
+    score_images,
+    setting_of,
+    summary_table,
+    uses_finetuned,
+)
 from udcguard.io.atomic import save_json, save_png, write_bytes
 from udcguard.io.datasets import load_inputs, load_split
 from udcguard.io.restorer_store import load_restorer
 from udcguard.metrics.lpips import build_lpips, lpips_per_image
+from udcguard.purify.schedule import unet_calls
 from udcguard.train.restorer import predict
 from udcguard.viz import image_grid
 
@@ -63,15 +75,15 @@ def attack_sets(params: Params) -> list[tuple[str, str, float, str]]:
 def expected_keys(params: Params) -> set[tuple[str, str, float, str, str]]:
     """(restorer, attack, eps, defence, setting) of every row the evaluate stage writes for ``params``."""
     keys: set[tuple[str, str, float, str, str]] = set()
-    ad = params.adaptive
+    ad, ds = params.adaptive, defences(params.evaluate.draw_average)
     label = params.attack_label(params.attack.spec(ad.attack)) if params.attack.attacks else ad.attack
     for r in params.restorers:
         for set_dir, attack, eps, method in attack_sets(params):
             target = "finetuned" if set_dir.startswith(FINETUNED) else "base"
-            for d in ("purify+finetune",) if target == "finetuned" else DEFENCES:
+            for d in [d for d in ds if uses_finetuned(d)] if target == "finetuned" else ds:
                 keys.add((r.name, attack, float(eps), d, setting_of(method, d, target)))
         keys |= {(r.name, f"{label}@adaptive-{s}", float(eps), d, f"adaptive-{s}")
-                 for s in ad.settings for d in DEFENDED for eps in ad.eps}
+                 for s in ad.settings for d in ds[1:] for eps in ad.eps}
     return keys
 
 
@@ -90,11 +102,26 @@ class Scorer:
         self.nets = {"none": load_restorer(paths.model(name), device)}
         self.nets["purify"] = self.nets["none"]
         self.nets["purify+finetune"] = load_restorer(paths.finetuned(name), device)
+        self.defences = defences(params.evaluate.draw_average)
+        for avg, d in AVERAGED.items():
+            self.nets[avg] = self.nets[d]
         self.clean_ids, clean_in, clean_pur = self.load(paths.attacks(name), paths.purified(name), "clean")
         self.clean_out = {("none", 0): self.restore("none", clean_in, self.clean_ids)}
-        for d in DEFENCES[1:]:
-            for k, xp in enumerate(clean_pur):
-                self.clean_out[(d, k)] = self.restore(d, xp, self.clean_ids)
+        for d, outs in self.outputs(self.defences[1:], clean_pur, self.clean_ids).items():
+            for k, o in enumerate(outs):
+                self.clean_out[(d, k)] = o
+
+    def outputs(self, ds, x_purs: list[torch.Tensor], ids: list[str]) -> dict[str, list[torch.Tensor]]:
+        """Defence -> its restored outputs of purified draws ``x_purs``: one per draw, or for an averaged
+        defence the one reduction (``evaluate.draw_average``) of its defence's restored draws."""
+        out: dict[str, list[torch.Tensor]] = {}
+        for d in ds:
+            base = AVERAGED.get(d, d)
+            if base not in out:
+                out[base] = [self.restore(base, xp, ids) for xp in x_purs]
+            if d in AVERAGED:
+                out[d] = [reduce_draws(out[base], self.params.evaluate.draw_average)]
+        return {d: out[d] for d in ds}
 
     def pairs(self, ids: list[str]):
         missing = [i for i in ids if i not in self.index]
@@ -144,10 +171,11 @@ def restorer_records(params: Params, name: str, paths: Paths, device: torch.devi
         ids, x_in, x_purs = sc.load(paths.attacks(name), paths.purified(name), set_dir)
         target = "finetuned" if set_dir.startswith(FINETUNED) else "base"
         keys = {"restorer": name, "attack": label, "eps": eps}
-        defences = ("purify+finetune",) if target == "finetuned" else DEFENCES
-        for d in defences:
-            outs = [sc.restore(d, x_in, ids)] if d == "none" else [sc.restore(d, xp, ids) for xp in x_purs]
-            inputs = [x_in] if d == "none" else x_purs
+        ds = [d for d in sc.defences if uses_finetuned(d)] if target == "finetuned" else list(sc.defences)
+        outputs = sc.outputs([d for d in ds if d != "none"], x_purs, ids)
+        for d in ds:
+            outs = [sc.restore(d, x_in, ids)] if d == "none" else outputs[d]
+            inputs = [x_in] if d == "none" else x_purs[: len(outs)]  # averaged: the first draw's input
             records += sc.score(d, outs, inputs, ids, setting=setting_of(method, d, target), **keys)
     records += adaptive_records(params, name, paths, sc)
     return records, example_grid(params, name, paths, sc, sets)
@@ -175,14 +203,24 @@ def adaptive_records(params: Params, name: str, paths: Paths, sc: Scorer) -> lis
     ad, records = params.adaptive, []
     root = paths.adaptive(name)
     label = params.attack_label(params.attack.spec(ad.attack)) if params.attack.attacks else ad.attack
+    averaged = {d: [a for a, base in AVERAGED.items() if base == d and a in sc.defences] for d in DEFENDED}
     for setting in ad.settings:
-        for defence in DEFENDED:
+        for defence in DEFENDED:  # an averaged defence is scored on its defence's sets (EOT: see AVERAGED)
             for eps in ad.eps:
                 ids, _, x_purs = sc.load(root, root / "purified", adaptive_set(setting, defence, eps))
-                records += sc.score(defence, [sc.restore(defence, xp, ids) for xp in x_purs], x_purs, ids,
-                                    restorer=name, attack=f"{label}@adaptive-{setting}", eps=eps,
-                                    setting=f"adaptive-{setting}")
+                for d, outs in sc.outputs([defence, *averaged[defence]], x_purs, ids).items():
+                    records += sc.score(d, outs, x_purs[: len(outs)], ids, restorer=name,
+                                        attack=f"{label}@adaptive-{setting}", eps=eps, setting=f"adaptive-{setting}")
     return records
+
+
+def defence_calls(params: Params, paths: Paths) -> dict[str, int]:
+    """UNet calls per (untiled) image of each evaluated defence: 0 undefended, one purification for a
+    scored draw, ``purify.seeds`` purifications for an averaged defence."""
+    t_star = selected_t_star(params, paths)
+    one = unet_calls(t_star, sampler=params.purify.sampler, steps=sampler_steps(params, t_star))
+    return {d: 0 if d == "none" else one * (params.purify.seeds if d in AVERAGED else 1)
+            for d in defences(params.evaluate.draw_average)}
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -200,6 +238,9 @@ def evaluate_pipeline(params: Params, data_dir: str, reports_dir: str) -> dict:
         bar.update(1)
     bar.close()
     rows = summary_table(records, n_boot=params.evaluate.bootstrap, seed=params.evaluate.seed)
+    calls = defence_calls(params, paths)
+    for r in rows:
+        r["unet_calls"] = calls[r["defence"]]
     got = {(r["restorer"], r["attack"], float(r["eps"]), r["defence"], r["setting"]) for r in rows}
     if got != expected_keys(params):
         raise UdcGuardError(f"evaluate: rows differ from the ones params ask for: {sorted(got ^ expected_keys(params))[:4]}")

@@ -11,7 +11,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import Paths, draw_dir, progress, resolve_device
+from tasks.common import Paths, draw_dir, progress, resolve_device, sampler_steps, selected_t_star
 from tasks.shards import (
     batches,
     gather,
@@ -23,7 +23,7 @@ from tasks.shards import (
     stamp,
 )
 from udcguard.config import Params
-from udcguard.io.atomic import read_json, save_json
+from udcguard.io.atomic import save_json
 from udcguard.io.datasets import INPUTS_FILE, TensorPairs, load_inputs, load_split, save_inputs
 from udcguard.io.subsets import stratified_subset
 from udcguard.io.purifier_store import load_purifier
@@ -57,17 +57,9 @@ def sampler_options(params: Params, t_star: int) -> dict:
     """Purifier.purify keyword arguments from params.purify (sampler, tiles, guidance) at ``t_star``: DDIM takes
     ``ddim_steps`` steps, or t* steps when t* is smaller (one step per timestep at most)."""
     p = params.purify
-    return {"sampler": p.sampler, "steps": max(1, min(p.ddim_steps, t_star)) if p.sampler == "ddim" else None,
+    return {"sampler": p.sampler, "steps": sampler_steps(params, t_star),
             "eta": p.eta,
             "tile": p.tile_px, "overlap": p.tile_overlap_px if p.tile_px else None, "guidance": guidance_of(params)}
-
-
-def selected_t_star(params: Params, paths: Paths) -> int:
-    """t* in use: params.purify.t_star, or the select_tstar stage's choice when it is auto."""
-    if params.purify.t_star != "auto":
-        return params.t_star_fixed()
-    info = read_json(paths.tstar, "t* selection", hint=" (run the select_tstar stage first)")
-    return int(info["t_star"])
 
 
 def draw_seed(seed: int, k: int) -> int:

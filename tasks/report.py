@@ -217,9 +217,9 @@ def write_report(params: Params, data_dir: str, reports_dir: str) -> str:
         html = ""
         for attack_id in multi:
             series = {}
-            for d in ("none", "purify", "purify+finetune"):
-                pts = sorted((x["eps"], x["psnr_mean"]) for x in mine
-                             if x["defence"] == d and x["attack"] in (attack_id, "none"))
+            for d in dict.fromkeys(x["defence"] for x in mine):  # gray-box: the deployed restorer attacked
+                pts = sorted((x["eps"], x["psnr_mean"]) for x in mine if x["defence"] == d
+                             and x["attack"] in (attack_id, "none") and x["setting"] in ("clean", "white-box", "gray-box"))
                 series[d] = ([p[0] for p in pts], [p[1] for p in pts])
             plot = line_plot(series, xlabel="eps (x 1/256)" if _linf(params, attack_id) else "eps (L2)",
                              ylabel="PSNR (dB)", title=f"{r.name}: PSNR vs {attack_id} budget")

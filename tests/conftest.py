@@ -63,7 +63,7 @@ TINY: dict = {
                  "max_images": 2},
     "finetune": {"steps": 4, "batch_size": 4, "crop_px": 32, "t_stars": [3, 5], "train_images": 4,
                  "checkpoint_every": 2},
-    "evaluate": {"batch_size": 2, "report_examples": 2},
+    "evaluate": {"batch_size": 2, "report_examples": 2, "draw_average": "mean"},
     "tracking": {"experiment": "tests"},
 }
 

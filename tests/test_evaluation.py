@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from udcguard.evaluation import RECOVERY, merge_draws, nested, recovery_table, summary_table
 
@@ -119,3 +120,31 @@ def test_nested_carries_intervals_counts_and_recovery() -> None:
     assert leaf["n_images"] == 2 and leaf["n_scenes"] == 1 and leaf["recovery"] == pytest.approx(6 / 11, abs=1e-4)
     assert leaf["psnr_lo"] <= leaf["psnr"] <= leaf["psnr_hi"] and "ssim_lo" in leaf
     assert "recovery" not in tree["discnet"]["none"]["eps_0"]["none"]
+
+
+def test_reduce_draws_mean_and_median_by_hand() -> None:
+    from udcguard.evaluation import reduce_draws
+
+    a, b, c, d = (torch.full((1, 1, 1, 2), v) for v in (0.1, 0.9, 0.3, 0.5))
+    b[..., 1] = -1.0  # per pixel: the second pixel orders differently
+    assert torch.allclose(reduce_draws([a, b, c], "mean"), torch.tensor([[[[1.3 / 3, -0.6 / 3]]]]))
+    assert torch.allclose(reduce_draws([a, b, c], "median"), torch.tensor([[[[0.3, 0.1]]]]))
+    # even K: the mean of the two middle values; K = 2 is the mean either way
+    assert torch.allclose(reduce_draws([a, b, c, d], "median"), torch.tensor([[[[0.4, 0.2]]]]))
+    assert torch.equal(reduce_draws([a, b], "median"), reduce_draws([a, b], "mean"))
+    with pytest.raises(ValueError, match="how must be mean or median"):
+        reduce_draws([a], "max")
+    with pytest.raises(ValueError, match="no outputs"):
+        reduce_draws([], "mean")
+
+
+def test_averaged_defences_and_their_settings() -> None:
+    from udcguard.evaluation import AVERAGED, DEFENCES, defences, setting_of
+
+    assert defences() == defences("off") == DEFENCES
+    assert defences("median") == (*DEFENCES, "purify-avg", "purify-avg+finetune") and set(AVERAGED.values()) <= set(DEFENCES)
+    with pytest.raises(ValueError, match="draw_average"):
+        defences("max")
+    assert setting_of("pgd_linf", "purify-avg+finetune", "finetuned") == "gray-box"
+    assert setting_of("pgd_linf", "purify-avg+finetune", "base") == "transfer"
+    assert setting_of("pgd_linf", "purify-avg", "base") == "gray-box"

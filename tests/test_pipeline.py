@@ -81,14 +81,17 @@ def test_metrics_table_and_report(run_dir: Path) -> None:
 
     rows = list(csv.DictReader((run_dir / "reports" / "metrics.csv").open()))
     keys = {(r["restorer"], r["attack"], float(r["eps"]), r["defence"], r["setting"]) for r in rows}
-    # restorers x (clean x 3 defences + (pgd 2 levels + cw + simba) x (3 defences + purify+finetune gray-box on
-    # the fine-tuned restorer) + 3 adaptive settings x 2 defended systems)
-    assert len(keys) == len(rows) == 2 * (3 + 4 * 4 + 3 * 2)
+    # restorers x (clean x 5 defences + (pgd 2 levels + cw + simba) x (5 defences + purify(-avg)+finetune gray-box
+    # on the fine-tuned restorer) + 3 adaptive settings x 4 defended systems (2 of them averaged))
+    assert len(keys) == len(rows) == 2 * (5 + 4 * 7 + 3 * 4)
     assert keys == expected_keys(params_from_dict(TINY))
     settings = {(r["attack"], r["defence"], r["setting"]) for r in rows if r["restorer"] == "unet"}
     assert {("pgd_linf", "none", "white-box"), ("pgd_linf", "purify", "gray-box"),
             ("pgd_linf", "purify+finetune", "gray-box"), ("pgd_linf", "purify+finetune", "transfer"),
-            ("pgd_linf@adaptive-eot", "purify+finetune", "adaptive-eot")} <= settings
+            ("pgd_linf@adaptive-eot", "purify+finetune", "adaptive-eot"), ("pgd_linf", "purify-avg", "gray-box"),
+            ("pgd_linf", "purify-avg+finetune", "gray-box"), ("pgd_linf@adaptive-eot", "purify-avg", "adaptive-eot")} <= settings
+    calls = {r["defence"]: int(r["unet_calls"]) for r in rows}  # DDPM from t* = 5: 6 calls a draw, 2 draws averaged
+    assert calls == {"none": 0, "purify": 6, "purify+finetune": 6, "purify-avg": 12, "purify-avg+finetune": 12}
     assert all(int(r["n_scenes"]) <= int(r["n_images"]) and float(r["psnr_lo"]) <= float(r["psnr_mean"])
                <= float(r["psnr_hi"]) for r in rows)
     share = [r for r in rows if r["attack"] == "pgd_linf" and r["defence"] != "none"]
@@ -173,6 +176,34 @@ def test_tstar_selection_and_purification_draws(run_dir: Path) -> None:
     eot = [r for r in records if r["setting"] == "adaptive-eot"]
     bpda = [r for r in records if r["setting"] == "adaptive-bpda"]
     assert eot[0]["grads"] == 2 * bpda[0]["grads"]  # EOT: 2 draws per attack step
+
+
+def test_averaged_defence_scores_the_mean_of_the_restored_draws(run_dir: Path) -> None:
+    """purify-avg (evaluate.draw_average: mean): one output per image, the mean of the restorations of the
+    purification draws, recomputed here from the stage's files."""
+    from tasks.common import draw_dir
+    from udcguard.io.datasets import load_inputs, load_split
+    from udcguard.io.restorer_store import load_restorer
+    from udcguard.metrics.image import psnr
+    from udcguard.train.restorer import predict
+
+    data = run_dir / "data"
+    rows = [r for r in csv.DictReader((run_dir / "reports" / "per_image.csv").open())
+            if r["restorer"] == "unet" and r["attack"] == "pgd_linf" and float(r["eps"]) == 8.0
+            and r["setting"] == "gray-box"]
+    avg = {r["id"]: float(r["psnr"]) for r in rows if r["defence"] == "purify-avg"}
+    single = {r["id"]: float(r["psnr"]) for r in rows if r["defence"] == "purify"}
+    assert {r["draws"] for r in rows if r["defence"] == "purify-avg"} == {"1"} and avg.keys() == single.keys()
+    model = load_restorer(data / "models" / "unet")
+    outs = []
+    for k in range(TINY["purify"]["seeds"]):
+        x, ids, _ = load_inputs(data / "purified" / "unet" / draw_dir("pgd_linf.eps_8", k))
+        outs.append(predict(model, x, None, batch_size=2))
+    split = load_split(data / "udc" / "test", psf_dir=None)
+    gt = split.subset([list(split.ids).index(i) for i in ids]).gt
+    expected = psnr(torch.stack(outs).mean(0), gt)
+    assert [avg[i] for i in ids] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert any(abs(avg[i] - single[i]) > 1e-3 for i in ids)  # not the mean of the per-draw PSNRs
 
 
 def test_evaluate_user_pairs(run_dir: Path, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from udcguard.attacks.build import needs_surrogate
@@ -33,13 +34,49 @@ PSNR_CAP = 100.0
 
 #: Defences of the evaluation, in table order.
 DEFENCES = ("none", "purify", "purify+finetune")
+#: Averaged defences (``evaluate.draw_average``): the mean or per-pixel median of the restored outputs of
+#: the K purification draws of the defence they map to, scored as one output (one row per image, K x the
+#: UNet calls). Their adaptive rows reuse that defence's EOT/BPDA/full sets: EOT's gradient is the mean of
+#: per-draw gradients, an unbiased estimate of the gradient of the mean defence.
+AVERAGED = {"purify-avg": "purify", "purify-avg+finetune": "purify+finetune"}
+REDUCTIONS = ("mean", "median")
+
+
+def defences(draw_average: str = "off") -> tuple[str, ...]:
+    """The evaluated defences, in table order: :data:`DEFENCES`, then the averaged ones unless ``off``."""
+    if draw_average != "off" and draw_average not in REDUCTIONS:
+        raise ValueError(f"draw_average must be off, {' or '.join(REDUCTIONS)}; got {draw_average!r}")
+    return DEFENCES + (tuple(AVERAGED) if draw_average != "off" else ())
+
+
+def uses_finetuned(defence: str) -> bool:
+    """Whether a defence deploys the fine-tuned restorer (``purify+finetune``, ``purify-avg+finetune``)."""
+    return defence.endswith("+finetune")
+
+
+def reduce_draws(outputs: Sequence[Tensor], how: str) -> Tensor:
+    """K restored outputs of one input set (K, then (B, C, H, W) each) -> their per-pixel mean or median.
+
+    The median of an even K is the mean of the two middle values, so that K = 2 gives the mean
+    either way.
+    """
+    if not outputs:
+        raise ValueError("reduce_draws: no outputs")
+    if how not in REDUCTIONS:
+        raise ValueError(f"reduce_draws: how must be {' or '.join(REDUCTIONS)}, got {how!r}")
+    stack = torch.stack([o.float() for o in outputs])  # (K, B, C, H, W)
+    if how == "mean":
+        return stack.mean(0)
+    ranked, k = stack.sort(dim=0).values, stack.shape[0]
+    return (ranked[(k - 1) // 2] + ranked[k // 2]) / 2
 
 
 def setting_of(method: str, defence: str, target: str) -> str:
     """The threat setting of a row (design.md section 4).
 
     clean: no attack. white-box: the undefended restorer attacked directly. gray-box: the attacker
-    knows the deployed restorer (base for ``purify``, fine-tuned for ``purify+finetune``), not the
+    knows the deployed restorer (base for ``purify``, fine-tuned for ``purify+finetune``; the same for
+    their averaged forms), not the
     purifier. transfer: crafted on another model (the transfer attack's surrogate, or the base
     restorer scored on the fine-tuned one behind the purifier).
     """
@@ -49,7 +86,7 @@ def setting_of(method: str, defence: str, target: str) -> str:
         return "transfer"
     if defence == "none":
         return "white-box"
-    deployed = "finetuned" if defence == "purify+finetune" else "base"
+    deployed = "finetuned" if uses_finetuned(defence) else "base"
     return "gray-box" if target == deployed else "transfer"
 
 

@@ -128,7 +128,8 @@ def mixed_note(rows: Sequence[Mapping[str, Any]], sets: Mapping[tuple[Any, ...],
 # ------------------------------------------------------------------ recovery share (the headline)
 #: Column order of the settings in the recovery tables; other settings follow.
 SETTINGS = ("gray-box", "transfer", "adaptive-bpda", "adaptive-eot", "adaptive-full")
-DEFENCE_NAMES = {"purify": "purification", "purify+finetune": "purification + fine-tuning"}
+DEFENCE_NAMES = {"purify": "purification", "purify+finetune": "purification + fine-tuning",
+                 "purify-avg": "purification, draws averaged", "purify-avg+finetune": "purification + fine-tuning, draws averaged"}
 
 
 def base_attack(attack: str) -> str:
