@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
 
 
-from bench._common import sync
+from bench._common import best_of
 from udcguard.models import RESTORERS, build_restorer, num_parameters
 
 REFERENCE = "unet"
@@ -43,15 +42,7 @@ def throughput(arch: str, size: str, batch: int, px: int, repeat: int, device: t
         model.zero_grad(set_to_none=True)
         x.grad = None
 
-    step()  # warm-up (allocations, cuDNN autotuning)
-    times = []
-    for _ in range(repeat):
-        sync(device)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    best = min(times)
+    best = best_of(step, repeat, device, warmup=True)  # warm-up: allocations, cuDNN autotuning
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return {"arch": arch, "size": size, "parameters": num_parameters(model), "seconds": best,
             "images_per_s": batch / best, "peak_mib": peak}
