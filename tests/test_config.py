@@ -166,3 +166,13 @@ def test_cross_section_checks_are_named_validators() -> None:
     decorators = Params.__pydantic_decorators__.model_validators
     assert {"_unique_restorer_names", "_attack_sets_can_run", "_timesteps_within_the_purifier",
             "_ranks_divide_the_batch", "_crops_fit", "_renamed_sections"} <= set(decorators), names
+
+
+def test_a_bare_off_in_yaml_means_off_where_off_is_a_choice(tiny: dict, tmp_path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(tiny).replace("panoramas: 'off'", "panoramas: off"))
+    assert "panoramas: off\n" in path.read_text() and yaml.safe_load(path.read_text())["scenes"]["panoramas"] is False
+    p = load_params(path, {"scenes.wallpapers": False, "evaluate.draw_average": False})  # --set key=off
+    assert (p.scenes.panoramas, p.scenes.wallpapers, p.evaluate.draw_average) == ("off", "off", "off")
+    with pytest.raises(ConfigError, match="evaluate.device"):  # false is not a choice where off is not
+        load_params(path, {"evaluate.device": False})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -20,13 +20,6 @@ class EvaluateParams(Frozen):
         "off", description="also score the mean / per-pixel median of the purify.seeds restored draws as defences "
         "purify-avg and purify-avg+finetune (K = purify.seeds draws: K x the UNet calls)")
     seed: int = Field(0, ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _off_is_not_false(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("draw_average") is False:  # YAML reads a bare off as false
-            return {**data, "draw_average": "off"}
-        return data
 
 
 class TrackingParams(Frozen):
